@@ -1,0 +1,3 @@
+from diffusion_nnunet.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Command line: one small module per subcommand (argparse only; the work happens elsewhere)."""

@@ -1,0 +1,18 @@
+"""dnnunet ensemble"""
+
+
+def add_arguments(p):
+    p.add_argument("-i", "--inputs", nargs="+", required=True,
+                   help="prediction folders written with --save-probabilities")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-w", "--weights", nargs="+", type=float, default=None, help="one weight per folder (default equal)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write the averaged probabilities")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+
+
+def run(args):
+    from diffusion_nnunet.ensemble import ensemble_folders
+
+    cases = ensemble_folders(args.inputs, args.output, args.weights, args.save_probabilities, args.num_processes)
+    print(f"{len(cases)} cases written to {args.output}")
+    return 0

@@ -1,0 +1,28 @@
+"""dnnunet evaluate"""
+
+
+def add_arguments(p):
+    p.add_argument("-ref", "--reference", required=True, help="folder of reference label maps")
+    p.add_argument("-pred", "--prediction", required=True, help="folder of predicted label maps")
+    p.add_argument("-djfile", "--dataset-json", default=None,
+                   help="dataset.json for label names and file ending (default: the prediction folder's)")
+    p.add_argument("-o", "--output", default=None, help="JSON output (default: PRED/evaluation.json)")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+
+
+def run(args):
+    from pathlib import Path
+
+    from diffusion_nnunet.evaluation import evaluate_folders, format_table, write_evaluation
+
+    dataset_json = args.dataset_json
+    if dataset_json is None and (Path(args.prediction) / "dataset.json").is_file():
+        dataset_json = Path(args.prediction) / "dataset.json"
+    result = evaluate_folders(args.reference, args.prediction, dataset_json=dataset_json,
+                              nsd_tolerance_mm=args.nsd_tolerance, num_processes=args.num_processes)
+    output = Path(args.output) if args.output else Path(args.prediction) / "evaluation.json"
+    write_evaluation(result, output)
+    print(format_table(result))
+    print(f"written: {output}")
+    return 0

@@ -1,0 +1,21 @@
+"""dnnunet make-dataset"""
+
+NAMES = ("synthetic-us2d", "synthetic-ct3d", "mni-tissue2d")
+
+
+def add_arguments(p):
+    p.add_argument("name", choices=NAMES, help="which dataset to generate")
+    p.add_argument("--id", type=int, default=None, help="dataset id (default: 501/502/503)")
+    p.add_argument("--num-train", type=int, default=None, help="training cases (default: generator's)")
+    p.add_argument("--num-test", type=int, default=None, help="test cases (default: generator's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+
+
+def run(args):
+    from diffusion_nnunet import paths
+    from diffusion_nnunet.datasets import make_dataset
+
+    folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite)
+    print(folder)
+    return 0

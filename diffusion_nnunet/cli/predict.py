@@ -1,0 +1,31 @@
+"""dnnunet predict"""
+from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
+
+
+def add_arguments(p):
+    p.add_argument("-i", "--input", required=True, help="folder of images (CASE_0000.nii.gz, ...)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-m", "--model", default=None, help="model folder (instead of -d/-c/-tr/-p); stock nnunetv2 "
+                                                       "model folders work too")
+    add_model_arguments(p, dataset_required=False)
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to use (default: all trained)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz/CASE.pkl")
+    p.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (faster)")
+    p.add_argument("-step", "--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
+    p.add_argument("--continue-prediction", action="store_true", help="keep cases already predicted")
+    add_device_argument(p)
+
+
+def run(args):
+    from diffusion_nnunet.errors import UserInputError
+    from diffusion_nnunet.inference.predictor import model_folder, predict_folder
+    from diffusion_nnunet.utils.device import resolve_device
+
+    if args.model is None and args.dataset is None:
+        raise UserInputError("give a model folder with -m, or -d DATASET (with -c/-tr/-p)")
+    folder = args.model or model_folder(args.dataset, args.trainer, args.configuration, args.plans)
+    folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
+    predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
+                   args.save_probabilities, not args.disable_tta, args.step_size, not args.continue_prediction)
+    return 0

@@ -1,0 +1,38 @@
+"""dnnunet train"""
+from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
+
+
+def add_arguments(p):
+    add_model_arguments(p)
+    p.add_argument("-f", "--fold", required=True, help="fold 0-4 or 'all'")
+    p.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="resume from the latest good checkpoint")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: from the plans' budget)")
+    p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: from the plans)")
+    p.add_argument("--val-iterations", type=int, default=None, help="pseudo-validation iterations per epoch")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (default 0.01)")
+    p.add_argument("--seed", type=int, default=None, help="seed python/numpy/torch")
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N epochs (default 1)")
+    p.add_argument("--skip-validation", action="store_true", help="skip the final validation")
+    p.add_argument("--npz", action="store_true", help="save validation probabilities (for ensembles)")
+    add_device_argument(p)
+    p.epilog = "trainers: see `dnnunet train --list-trainers`"
+    p.add_argument("--list-trainers", action="store_true", help="list registered trainers and exit")
+
+
+def run(args):
+    from diffusion_nnunet.training import registry
+    from diffusion_nnunet.training.run import train_fold
+    from diffusion_nnunet.utils.device import resolve_device
+
+    if args.list_trainers:
+        for name, entry in sorted(registry.available().items()):
+            print(f"{name:20s} {entry.cls.__name__:30s} {entry.description}")
+        return 0
+    overrides = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
+                 "num_val_iterations_per_epoch": args.val_iterations, "initial_lr": args.lr, "seed": args.seed,
+                 "save_every": args.save_every}
+    folder = train_fold(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
+                        resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz)
+    print(folder)
+    return 0

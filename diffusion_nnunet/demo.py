@@ -1,0 +1,133 @@
+"""The demo: generate a dataset, plan with a budget, train, predict the test images, evaluate.
+
+Each stage is skipped when its output already exists (so a second `make demo` is quick and an
+interrupted one picks up where it stopped); `--fresh` starts over.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffusion_nnunet import paths
+from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
+from diffusion_nnunet.evaluation import evaluate_folders, write_evaluation
+from diffusion_nnunet.inference.predictor import predict_folder
+from diffusion_nnunet.reporting import overlay_cases_png, results_table_markdown, results_table_text
+from diffusion_nnunet.training import registry
+from diffusion_nnunet.training.run import train_fold
+from diffusion_nnunet.utils.atomic import write_text
+from planning.budget import get_budget
+from planning.pipeline import plan_and_preprocess
+from planning.planner import DEFAULT_PLANS_NAME
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs.
+
+    Args:
+        dataset: generator name.
+        output: folder for the table (results.md), the picture (overview.png) and predictions.
+        budget: budget preset (None: cpu-small on CPU, gpu on CUDA).
+        num_train: generated training cases (None: generator default).
+        num_test: generated test cases (None: generator default).
+        epochs: override the planned epochs.
+        fresh: regenerate and retrain.
+        fold: the fold to train.
+        seed: seeds the data generator and the training.
+    """
+
+    dataset: str = "synthetic-us2d"
+    output: str = "demo_output"
+    budget: str | None = None
+    num_train: int | None = None
+    num_test: int | None = None
+    epochs: int | None = None
+    fresh: bool = False
+    fold: int = 0
+    seed: int = 0
+
+
+def _configuration(plans: dict) -> str:
+    return "2d" if "2d" in plans["configurations"] and "3d_fullres" not in plans["configurations"] else "3d_fullres"
+
+
+def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
+    """Run the demo and return the table rows (also written to `output/results.md`)."""
+    out = Path(settings.output)
+    dataset_id = DEFAULT_IDS[settings.dataset]
+    raw = next(paths.raw().glob(f"Dataset{dataset_id:03d}_*"), None) if paths.raw().is_dir() else None
+    if settings.fresh and raw is not None:
+        shutil.rmtree(raw)
+        raw = None
+    if raw is None:
+        logger.info("[1/5] generating %s", settings.dataset)
+        raw = make_dataset(settings.dataset, paths.raw(), dataset_id, settings.num_train, settings.num_test,
+                           seed=settings.seed)
+    else:
+        logger.info("[1/5] reusing %s", raw)
+
+    budget = get_budget(settings.budget or ("gpu" if device.type == "cuda" else "cpu-small"))
+    logger.info("[2/5] plan-and-preprocess with the %s budget", budget.name)
+    plans = plan_and_preprocess(str(dataset_id), budget, num_processes=2)
+    configuration = _configuration(plans)
+
+    trainer = "baseline"
+    entry = registry.get(trainer)
+    fold_dir = (paths.results() / raw.name / f"{entry.cls.__name__}__{DEFAULT_PLANS_NAME}__{configuration}"
+                / f"fold_{settings.fold}")
+    finished = (fold_dir / "checkpoint_final.pth").is_file() and not settings.fresh
+    start = time.perf_counter()
+    if finished:
+        logger.info("[3/5] reusing the trained model in %s", fold_dir)
+    else:
+        logger.info("[3/5] training %s, fold %d", trainer, settings.fold)
+        train_fold(str(dataset_id), configuration, settings.fold, trainer,
+                   config_overrides={"num_epochs": settings.epochs, "seed": settings.seed}, device=device,
+                   continue_training=not settings.fresh, validate=True)
+    train_seconds = time.perf_counter() - start
+    stats = json.loads((fold_dir / "training_stats.json").read_text()) if (fold_dir / "training_stats.json").is_file() else {}
+
+    logger.info("[4/5] predicting imagesTs")
+    predictions = out / "predictions" / trainer
+    start = time.perf_counter()
+    cases = predict_folder(fold_dir.parent, raw / "imagesTs", predictions, folds=[settings.fold], device=device,
+                           save_probabilities=True)
+    predict_seconds = time.perf_counter() - start
+
+    logger.info("[5/5] evaluating")
+    result = evaluate_folders(raw / "labelsTs", predictions, dataset_json=raw / "dataset.json")
+    write_evaluation(result, out / f"evaluation_{trainer}.json")
+    fg = result["foreground_mean"]
+    rows = [{
+        "method": f"nnU-Net ({trainer})",
+        "Dice": fg["Dice"], "HD95 mm": fg["HD95"], "NSD": fg["NSD"],
+        "train s": None if finished else round(train_seconds, 1),
+        "s/iter": stats.get("median_seconds_per_iteration"),
+        "predict s/case": round(predict_seconds / max(1, len(cases)), 2),
+    }]
+    columns = list(rows[0])
+    overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))),
+                      {trainer: predictions}, raw / "labelsTs", out / "overview.png", max_cases=4)
+    write_text(_report(settings, budget.name, configuration, rows, columns), out / "results.md")
+    print(results_table_text(rows, columns))
+    print(f"table: {out / 'results.md'}   picture: {out / 'overview.png'}")
+    return rows
+
+
+def plans_file_ending(raw: Path) -> str:
+    return json.loads((raw / "dataset.json").read_text())["file_ending"]
+
+
+def _report(settings: DemoSettings, budget: str, configuration: str, rows: list[dict], columns: list[str]) -> str:
+    return (f"# diffusion-nnunet demo\n\ndataset: {settings.dataset}, configuration {configuration}, "
+            f"budget {budget}, fold {settings.fold}; metrics are means over imagesTs foreground classes.\n\n"
+            + results_table_markdown(rows, columns) + "\n\n![overview](overview.png)\n")

@@ -1,0 +1,173 @@
+"""Prediction of a folder with a trained model (ours or stock nnunetv2's).
+
+`DnnPredictor` is nnunetv2's `nnUNetPredictor` with two changes: the trainer class named in the
+checkpoint is found through our registry (stock nnunetv2 trainers through nnunetv2's own
+lookup), and `predict_folder` writes each case to a staging folder first and moves the finished
+files into place, so an interrupted run never leaves a half-written output file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from tqdm.auto import tqdm
+
+from diffusion_nnunet import paths
+from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.training import registry
+from diffusion_nnunet.utils.atomic import write_json
+from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from planning.planner import DEFAULT_PLANS_NAME
+from planning.validate import find_dataset_folder, validate_prediction_inputs
+
+logger = logging.getLogger(__name__)
+
+
+def model_folder(dataset: str, trainer: str, configuration: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
+    """nnU-Net's results folder `<results>/<dataset>/<TrainerClass>__<plans>__<configuration>`.
+
+    Args:
+        trainer: registry name or class name (stock nnunetv2 names such as nnUNetTrainer work too).
+    """
+    dataset_name = find_dataset_folder(paths.results(), dataset).name
+    try:
+        class_name = registry.get(trainer).cls.__name__
+    except UserInputError:
+        class_name = trainer
+    folder = paths.results() / dataset_name / f"{class_name}__{plans_name}__{configuration}"
+    if not folder.is_dir():
+        raise UserInputError(f"no trained model at {folder}; train it with `dnnunet train` first")
+    return folder
+
+
+def trainer_class_for(trainer_name: str) -> type:
+    """Our registry first; stock nnunetv2 trainers (e.g. nnUNetTrainer) through nnunetv2's lookup."""
+    cls = registry.find_class(trainer_name)
+    if cls is not None:
+        return cls
+    try:
+        with nnunet_output_to_log(logger):
+            return recursive_find_trainer_class_by_name(trainer_name)
+    except RuntimeError as err:
+        raise UserInputError(f"the checkpoint was trained with {trainer_name!r}, which is neither one of ours "
+                             f"({', '.join(registry.available())}) nor a stock nnunetv2 trainer") from err
+
+
+class DnnPredictor(nnUNetPredictor):
+    """nnUNetPredictor that resolves trainer classes through our registry (see module docstring)."""
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
+                                             checkpoint_name: str = "checkpoint_final.pth"):
+        folder = Path(model_training_output_dir)
+        for required in ("dataset.json", "plans.json"):
+            if not (folder / required).is_file():
+                raise UserInputError(f"{folder / required} is missing: {folder} is not an nnU-Net model folder")
+        if use_folds is None:
+            with nnunet_output_to_log(logger):
+                use_folds = self.auto_detect_available_folds(str(folder), checkpoint_name)
+            if not use_folds:
+                raise UserInputError(f"no fold_* folder with {checkpoint_name} in {folder}")
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
+
+        parameters, checkpoint = [], None
+        for f in ([use_folds] if isinstance(use_folds, str) else use_folds):
+            path = folder / f"fold_{f}" / checkpoint_name
+            if not path.is_file():
+                raise UserInputError(f"{path} does not exist (is fold {f} trained to the end?)")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            parameters.append(checkpoint["network_weights"])
+
+        configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+        trainer_class = trainer_class_for(checkpoint["trainer_name"])
+        num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
+                                                           num_outputs, enable_deep_supervision=False)
+        network.load_state_dict(parameters[0])
+        self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                   checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
+
+
+def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,
+                   checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
+                   save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
+                   overwrite: bool = True) -> list[str]:
+    """Predict every case of `input_dir` (nnU-Net naming: CASE_0000.nii.gz ...) into `output_dir`.
+
+    Args:
+        model_dir: a trained model folder (`<Trainer>__<plans>__<configuration>`).
+        input_dir: raw images; checked before any compute (channels, readability, NaN/Inf).
+        output_dir: written per case atomically; dataset.json, plans.json and the arguments beside.
+        folds: folds to ensemble (None: all folds that have `checkpoint_name`).
+        checkpoint_name: checkpoint file in each fold folder.
+        device: torch device.
+        save_probabilities: also write `CASE.npz` + `CASE.pkl` (nnU-Net's format, for ensembling).
+        use_mirroring: test-time mirroring as nnU-Net does.
+        tile_step_size: sliding-window step as a fraction of the patch.
+        overwrite: predict cases whose output exists again.
+
+    Returns:
+        The case identifiers written.
+    """
+    predictor = DnnPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                             perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                             verbose_preprocessing=False, allow_tqdm=False)
+    with nnunet_output_to_log(logger):
+        predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint_name)
+    return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite,
+                          arguments={"model": str(model_dir), "folds": folds, "checkpoint": checkpoint_name,
+                                     "use_mirroring": use_mirroring, "tile_step_size": tile_step_size})
+
+
+def run_prediction(predictor: nnUNetPredictor, input_dir, output_dir, save_probabilities: bool = False,
+                   overwrite: bool = True, arguments: dict | None = None) -> list[str]:
+    """The per-case loop shared by every predictor: validate, preprocess, predict, export, move."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    dataset_json = predictor.dataset_json
+    ending = dataset_json["file_ending"]
+    cases = validate_prediction_inputs(input_dir, dataset_json["channel_names"], ending)
+    num_channels = len(dataset_json["channel_names"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        done = [c for c in cases if (output_dir / f"{c}{ending}").is_file()
+                and (not save_probabilities or (output_dir / f"{c}.npz").is_file())]
+        cases = [c for c in cases if c not in done]
+        if done:
+            logger.info("%d cases already predicted in %s are kept", len(done), output_dir)
+    write_json(dataset_json, output_dir / "dataset.json")
+    write_json(predictor.plans_manager.plans, output_dir / "plans.json")
+    write_json({"input": str(input_dir), "save_probabilities": save_probabilities, **(arguments or {})},
+               output_dir / "predict_args.json")
+
+    staging = output_dir / f".partial-{os.getpid()}"
+    staging.mkdir(exist_ok=True)
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    try:
+        for case in tqdm(cases, desc=f"predict {output_dir.name}", unit="case"):
+            images = [str(input_dir / f"{case}_{c:04d}{ending}") for c in range(num_channels)]
+            with nnunet_output_to_log(logger):
+                data, _, properties = preprocessor.run_case(images, None, predictor.plans_manager,
+                                                            predictor.configuration_manager, dataset_json)
+                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+                export_prediction_from_logits(logits, properties, predictor.configuration_manager,
+                                              predictor.plans_manager, dataset_json, str(staging / case),
+                                              save_probabilities)
+            for produced in staging.iterdir():
+                os.replace(produced, output_dir / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        compute_gaussian.cache_clear()
+    logger.info("wrote %d predictions to %s", len(cases), output_dir)
+    return cases
+

@@ -1,0 +1,154 @@
+"""Our seam to nnunetv2's trainer: every trainer of this project derives from `DnnTrainer`.
+
+What it changes relative to `nnUNetTrainer`, and why:
+- hyper-parameters come from a typed `TrainingConfig` resolved against the plans' budget,
+  instead of one subclass per value;
+- checkpoints are written atomically (temp file + `os.replace`) and every `save_every` epochs
+  (default 1), so a crash or SIGKILL loses at most one epoch and never leaves a torn file;
+- nnU-Net's console prints go to its log file and to `logging`; the console shows a tqdm bar;
+- measured seconds per iteration are written to `training_stats.json` beside the checkpoints,
+  so the planner's estimate can be checked;
+- optional seeding for reproducible runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from tqdm.auto import tqdm
+
+from diffusion_nnunet.training.config import TrainingConfig
+from diffusion_nnunet.utils.atomic import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "training_config.json"
+STATS_FILE = "training_stats.json"
+
+
+class DnnTrainer(nnUNetTrainer):
+    """nnUNetTrainer with a typed config, atomic checkpoints, logging and progress bars.
+
+    The constructor keeps nnU-Net's signature so that nnunetv2's own tools (which re-create the
+    trainer from the checkpoint's `init_args`) can instantiate it; the config is applied with
+    `apply_config` afterwards.
+    """
+
+    show_progress: bool = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cpu")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.config: TrainingConfig = TrainingConfig()
+        self.seconds_per_iteration: list[float] = []
+        self.apply_config(TrainingConfig())
+
+    def apply_config(self, config: TrainingConfig) -> None:
+        """Resolve `config` against the plans' budget and set nnU-Net's attributes from it."""
+        cfg = config.resolved(self.configuration_manager.configuration)
+        self.config = cfg
+        self.num_epochs = cfg.num_epochs
+        self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = cfg.num_val_iterations_per_epoch
+        self.initial_lr = cfg.initial_lr
+        self.weight_decay = cfg.weight_decay
+        self.oversample_foreground_percent = cfg.oversample_foreground_percent
+        self.save_every = cfg.save_every
+        self.enable_deep_supervision = cfg.deep_supervision
+
+    # ---------------------------------------------------------------- logging
+    def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
+        super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
+        if self.local_rank == 0:
+            logger.debug(" ".join(str(a) for a in args))
+
+    # ---------------------------------------------------------------- training loop
+    def on_train_start(self):
+        if self.config.seed is not None:
+            seed = self.config.seed + self.local_rank
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        super().on_train_start()
+        if self.local_rank == 0:
+            self.config.save(Path(self.output_folder) / CONFIG_FILE)
+
+    def run_training(self):
+        """nnU-Net's loop with a progress bar and per-iteration timing."""
+        self.on_train_start()
+        total = self.num_epochs * self.num_iterations_per_epoch
+        with tqdm(total=total, initial=self.current_epoch * self.num_iterations_per_epoch, unit="it",
+                  desc=f"train {self.__class__.__name__} fold {self.fold}",
+                  disable=not self.show_progress or self.local_rank != 0) as bar:
+            for _ in range(self.current_epoch, self.num_epochs):
+                self.on_epoch_start()
+                self.on_train_epoch_start()
+                train_outputs, times = [], []
+                for _ in range(self.num_iterations_per_epoch):
+                    start = time.perf_counter()
+                    train_outputs.append(self.train_step(next(self.dataloader_train)))
+                    times.append(time.perf_counter() - start)
+                    bar.update(1)
+                self.seconds_per_iteration.append(float(np.median(times)))
+                self.on_train_epoch_end(train_outputs)
+                with torch.no_grad():
+                    self.on_validation_epoch_start()
+                    val_outputs = [self.validation_step(next(self.dataloader_val))
+                                   for _ in range(self.num_val_iterations_per_epoch)]
+                    if val_outputs:
+                        self.on_validation_epoch_end(val_outputs)
+                    else:
+                        self.logger.log("mean_fg_dice", float("nan"), self.current_epoch)
+                        self.logger.log("dice_per_class_or_region", [], self.current_epoch)
+                        self.logger.log("val_losses", float("nan"), self.current_epoch)
+                bar.set_postfix(epoch=self.current_epoch, loss=f"{self.logger.get_value('train_losses', -1):.3f}",
+                                dice=f"{self.logger.get_value('mean_fg_dice', -1):.3f}")
+                self.on_epoch_end()
+        self.on_train_end()
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        super().on_epoch_end()  # saves checkpoints, plots progress.png, increments the epoch
+        if self.local_rank == 0:
+            logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %s, %.3f s/iteration",
+                        epoch + 1, self.num_epochs, self.logger.get_value("train_losses", -1),
+                        self.logger.get_value("val_losses", -1),
+                        np.round(self.logger.get_value("dice_per_class_or_region", -1), 3).tolist(),
+                        self.seconds_per_iteration[-1] if self.seconds_per_iteration else float("nan"))
+            self._write_stats()
+
+    def _write_stats(self) -> None:
+        budget = self.configuration_manager.configuration.get("training_budget", {})
+        measured = self.seconds_per_iteration
+        write_json({
+            "seconds_per_iteration_per_epoch": measured,
+            "median_seconds_per_iteration": float(np.median(measured)) if measured else None,
+            "estimated_seconds_per_iteration": budget.get("estimated_seconds_per_iteration"),
+            "device": str(self.device),
+            "epochs_done": self.current_epoch,
+        }, Path(self.output_folder) / STATS_FILE)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """Write the checkpoint to a temporary file, then move it into place."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        with atomic_path(filename, suffix=".pth") as tmp:
+            super().save_checkpoint(str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        stats = Path(self.output_folder) / STATS_FILE
+        if stats.is_file():
+            import json
+
+            done = json.loads(stats.read_text()).get("seconds_per_iteration_per_epoch", [])
+            self.seconds_per_iteration = list(done[: self.current_epoch])

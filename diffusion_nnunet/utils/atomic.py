@@ -1,0 +1,52 @@
+"""Atomic writes: outputs are either complete or absent, never half-written.
+
+Every writer goes to a temporary file in the destination folder (same file system), then
+`os.replace` moves it into place, which is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `destination`; move it into place if the block succeeds.
+
+    Args:
+        destination: final file path.
+        suffix: suffix of the temporary file (some writers choose the format by extension);
+            defaults to the destination's full suffix (e.g. ``.nii.gz``).
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(destination.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=f".tmp{suffix}", dir=destination.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, destination)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(obj: Any, destination: str | os.PathLike, indent: int = 2) -> None:
+    """Write `obj` as JSON atomically."""
+    with atomic_path(destination) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text(text: str, destination: str | os.PathLike) -> None:
+    """Write text atomically."""
+    with atomic_path(destination) as tmp:
+        Path(tmp).write_text(text)

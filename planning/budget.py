@@ -1,0 +1,213 @@
+"""Compute budgets: how much training a plan may cost, beside nnU-Net's GPU-memory budget.
+
+nnU-Net sizes patch and batch for a GPU memory target and always trains 1000 epochs x 250
+iterations (about 42 hours on a 2-core CPU). A budget adds a time target: the planner estimates
+seconds per training iteration from the network's floating-point operations and a machine
+throughput, shrinks batch and patch until the estimate meets the target, and then derives the
+number of epochs from the total training time it is allowed.
+
+The cost model is deliberately simple (multiply-adds of every convolution, times 3 for forward +
+backward); it is calibrated once per machine kind (`throughput_gflops`) and the trainer logs the
+measured seconds per iteration, so a wrong estimate is visible rather than silent.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+# Effective convolution throughput of nnU-Net training on the reference 2-core CPU (GFLOP/s),
+# measured with `planning.budget.measure_throughput` (see docs/benchmarks.md).
+CPU_REFERENCE_GFLOPS = 40.0
+
+
+@dataclass(frozen=True)
+class ComputeBudget:
+    """Limits a plan must respect.
+
+    Args:
+        name: preset name recorded in the plans.
+        gpu_memory_gb: nnU-Net's VRAM target (patch/batch are first sized for it, as nnU-Net does).
+        base_features: features of the first stage (nnU-Net: 32), doubled per stage.
+        max_features_2d: cap on features per stage for 2D networks (nnU-Net: 512).
+        max_features_3d: cap on features per stage for 3D networks (nnU-Net: 320).
+        seconds_per_iteration: target seconds per training iteration; None = no time limit.
+        training_seconds: total training time to aim for; None = use `num_epochs`.
+        num_epochs: epochs when no training time is given (nnU-Net: 1000).
+        iterations_per_epoch: training iterations per epoch (nnU-Net: 250).
+        val_iterations_per_epoch: pseudo-validation iterations per epoch (nnU-Net: 50).
+        min_epochs: lower bound on epochs derived from `training_seconds`.
+        max_batch_size: cap on the batch size; None = nnU-Net's rule only.
+        min_batch_size: nnU-Net never goes below 2.
+        throughput_gflops: effective training throughput of the target machine.
+    """
+
+    name: str
+    gpu_memory_gb: float = 8.0
+    base_features: int = 32
+    max_features_2d: int = 512
+    max_features_3d: int = 320
+    seconds_per_iteration: float | None = None
+    training_seconds: float | None = None
+    num_epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    min_epochs: int = 5
+    max_batch_size: int | None = None
+    min_batch_size: int = 2
+    throughput_gflops: float = CPU_REFERENCE_GFLOPS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, ComputeBudget] = {
+    # nnU-Net's own defaults: what a GPU user expects.
+    "gpu": ComputeBudget(name="gpu"),
+    # A few minutes of training on a 2-core laptop: narrow network, small batches, short schedule.
+    "cpu-small": ComputeBudget(
+        name="cpu-small",
+        base_features=16,
+        max_features_2d=128,
+        max_features_3d=128,
+        seconds_per_iteration=0.25,
+        training_seconds=240.0,
+        iterations_per_epoch=50,
+        val_iterations_per_epoch=5,
+        max_batch_size=8,
+    ),
+    # Tests and smoke runs: seconds, not minutes.
+    "cpu-tiny": ComputeBudget(
+        name="cpu-tiny",
+        base_features=8,
+        max_features_2d=32,
+        max_features_3d=32,
+        seconds_per_iteration=0.05,
+        training_seconds=None,
+        num_epochs=2,
+        iterations_per_epoch=3,
+        val_iterations_per_epoch=1,
+        min_epochs=1,
+        max_batch_size=2,
+    ),
+}
+
+
+def get_budget(name: str | None = None, seconds_per_iteration: float | None = None) -> ComputeBudget:
+    """Resolve a budget preset, optionally overriding its seconds-per-iteration target.
+
+    Args:
+        name: a key of `PRESETS`; defaults to `gpu` if a CUDA device is visible, else `cpu-small`.
+        seconds_per_iteration: replaces the preset's target.
+    """
+    from diffusion_nnunet.errors import UserInputError
+
+    if name is None:
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu-small"
+    if name not in PRESETS:
+        raise UserInputError(f"unknown budget {name!r}; choose one of {', '.join(PRESETS)}")
+    budget = PRESETS[name]
+    if seconds_per_iteration is not None:
+        if seconds_per_iteration <= 0:
+            raise UserInputError("--seconds-per-iteration must be positive")
+        budget = replace(budget, name=f"{name}@{seconds_per_iteration}s", seconds_per_iteration=seconds_per_iteration)
+    return budget
+
+
+def unet_forward_flops(patch_size: Sequence[int], arch_kwargs: dict, in_channels: int, out_channels: int) -> float:
+    """Floating-point operations of one forward pass of nnU-Net's PlainConvUNet for one sample.
+
+    Counts every convolution (encoder, transposed-convolution upsampling, decoder, 1x1 head) as
+    2 * voxels_out * c_in * c_out * prod(kernel); normalisation and activations are ignored.
+
+    Args:
+        patch_size: spatial patch size.
+        arch_kwargs: the plans' `architecture.arch_kwargs` (n_stages, features_per_stage, kernel_sizes,
+            strides, n_conv_per_stage, n_conv_per_stage_decoder).
+        in_channels: input channels of the network.
+        out_channels: segmentation heads.
+    """
+    features = list(arch_kwargs["features_per_stage"])
+    kernels = arch_kwargs["kernel_sizes"]
+    strides = arch_kwargs["strides"]
+    n_conv = arch_kwargs["n_conv_per_stage"]
+    n_conv_dec = arch_kwargs["n_conv_per_stage_decoder"]
+    n_conv = [n_conv] * len(features) if isinstance(n_conv, int) else list(n_conv)
+    n_conv_dec = [n_conv_dec] * (len(features) - 1) if isinstance(n_conv_dec, int) else list(n_conv_dec)
+
+    shape = np.array(patch_size, dtype=np.float64)
+    voxels = []
+    for s in strides:
+        shape = np.ceil(shape / np.array(s))
+        voxels.append(float(np.prod(shape)))
+
+    flops = 0.0
+    c_in = in_channels
+    for stage, c_out in enumerate(features):
+        taps = float(np.prod(kernels[stage]))
+        for i in range(n_conv[stage]):
+            flops += 2 * voxels[stage] * (c_in if i == 0 else c_out) * c_out * taps
+        c_in = c_out
+    for stage in range(len(features) - 2, -1, -1):
+        c_skip, c_below = features[stage], features[stage + 1]
+        # transposed convolution with kernel == stride: each output voxel gets c_below inputs
+        flops += 2 * voxels[stage] * c_below * c_skip
+        taps = float(np.prod(kernels[stage]))
+        for i in range(n_conv_dec[stage]):
+            flops += 2 * voxels[stage] * (2 * c_skip if i == 0 else c_skip) * c_skip * taps
+    flops += 2 * voxels[0] * features[0] * out_channels
+    return flops
+
+
+def estimate_seconds_per_iteration(
+    patch_size: Sequence[int],
+    batch_size: int,
+    arch_kwargs: dict,
+    in_channels: int,
+    out_channels: int,
+    throughput_gflops: float,
+    forward_passes: float = 1.0,
+) -> float:
+    """Estimated seconds for one training iteration (forward + backward = 3 forward-equivalents).
+
+    Args:
+        forward_passes: extra no-gradient forward passes per iteration add 1 each (diffusion
+            strategies that recycle a prediction use 2: cost factor (3 + 1) / 3).
+    """
+    per_sample = unet_forward_flops(patch_size, arch_kwargs, in_channels, out_channels)
+    total = per_sample * batch_size * (3.0 + (forward_passes - 1.0))
+    return total / (throughput_gflops * 1e9)
+
+
+def measure_throughput(dim: int = 2, features: int = 32, size: int | None = None, repeats: int = 5) -> float:
+    """Measure this machine's effective training throughput in GFLOP/s with a conv stack.
+
+    Runs a few forward+backward steps of a 3-layer conv block (nnU-Net's conv, instance norm,
+    leaky ReLU) on the CPU and divides the counted FLOPs by the median time.
+
+    Args:
+        dim: 2 or 3.
+        features: channels of the convolutions.
+        size: spatial edge length (default 128 for 2D, 32 for 3D).
+        repeats: timed repetitions (the median is used).
+    """
+    import time
+
+    import torch
+    from torch import nn
+
+    size = size or (128 if dim == 2 else 32)
+    conv = nn.Conv2d if dim == 2 else nn.Conv3d
+    norm = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
+    net = nn.Sequential(*[m for _ in range(3) for m in (conv(features, features, 3, padding=1), norm(features, affine=True), nn.LeakyReLU())])
+    x = torch.randn(2, features, *([size] * dim))
+    flops = 3 * 2 * 2 * (size**dim) * features * features * 3**dim * 3
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        net(x).sum().backward()
+        times.append(time.perf_counter() - start)
+    return flops / float(np.median(times[1:])) / 1e9

@@ -1,0 +1,85 @@
+"""plan-and-preprocess: validate -> fingerprint -> plans (with budget) -> preprocessed data."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+
+from diffusion_nnunet import paths
+from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.utils.atomic import write_json
+from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from planning.budget import ComputeBudget
+from planning.fingerprint import extract_fingerprint
+from planning.planner import DEFAULT_PLANS_NAME, BudgetedPlanner
+from planning.validate import find_dataset_folder, validate_raw_dataset
+
+logger = logging.getLogger(__name__)
+
+
+class _AtomicPlanner(BudgetedPlanner):
+    """Writes the plans file atomically, keeping configurations planned earlier (as nnU-Net does)."""
+
+    def save_plans(self, plans):
+        import json
+
+        recursive_fix_for_json_export(plans)
+        plans_file = paths.preprocessed() / self.dataset_name / f"{self.plans_identifier}.json"
+        if plans_file.is_file():
+            old = json.loads(plans_file.read_text())["configurations"]
+            plans["configurations"].update({k: v for k, v in old.items() if k not in plans["configurations"]})
+        write_json(plans, plans_file)
+        logger.info("Plans written to %s", plans_file)
+
+
+def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: list[str] | None = None,
+                        plans_name: str = DEFAULT_PLANS_NAME, num_processes: int = 1, validate: bool = True,
+                        preprocess: bool = True) -> dict:
+    """Run the first stage for one dataset and return the plans.
+
+    Args:
+        dataset: id or DatasetXXX_Name under nnUNet_raw.
+        budget: compute budget for the planner.
+        configurations: configurations to preprocess (default: all that were planned, except the
+            cascade, which nnU-Net only needs on large 3D images).
+        plans_name: plans identifier.
+        num_processes: worker processes for fingerprinting and preprocessing.
+        validate: check the raw data first (recommended: stops before any compute on bad files).
+        preprocess: also write the preprocessed data.
+    """
+    folder = find_dataset_folder(paths.raw(), dataset)
+    name = folder.name
+    if validate:
+        report = validate_raw_dataset(folder, num_processes=num_processes)
+        logger.info("%s: %d training cases passed the input checks", name, report.num_cases)
+    extract_fingerprint(name, num_processes=num_processes)
+    logger.info("Planning %s with the %s budget", name, budget.name)
+    planner = _AtomicPlanner(name, budget, plans_name=plans_name)
+    with nnunet_output_to_log(logger):
+        plans = planner.plan_experiment()
+    for cfg, plan in plans["configurations"].items():
+        if "training_budget" in plan:
+            tb = plan["training_budget"]
+            logger.info("%s: patch %s, batch %d, %d stages, ~%.3g s/iteration, %d epochs x %d iterations", cfg,
+                        plan["patch_size"], plan["batch_size"], plan["architecture"]["arch_kwargs"]["n_stages"],
+                        tb["estimated_seconds_per_iteration"], tb["num_epochs"], tb["num_iterations_per_epoch"])
+    if preprocess:
+        wanted = configurations or [c for c in plans["configurations"] if "cascade" not in c and "lowres" not in c]
+        unknown = [c for c in wanted if c not in plans["configurations"]]
+        if unknown:
+            raise UserInputError(f"configuration(s) {unknown} not in the plans; planned: {list(plans['configurations'])}")
+        for cfg in wanted:
+            logger.info("Preprocessing %s / %s", name, cfg)
+            with nnunet_output_to_log(logger):
+                DefaultPreprocessor(verbose=False).run(name, cfg, plans_name, num_processes)
+    return plans
+
+
+def preprocessed_plans_file(dataset_name: str, plans_name: str) -> Path:
+    """Path of a plans file, with a clear error if plan-and-preprocess has not run."""
+    f = paths.preprocessed() / dataset_name / f"{plans_name}.json"
+    if not f.is_file():
+        raise UserInputError(f"{f} does not exist: run `dnnunet plan-and-preprocess -d {dataset_name}` first")
+    return f

@@ -1,0 +1,135 @@
+"""Experiment planning: nnU-Net's planner plus a compute budget.
+
+`BudgetedPlanner` is an nnunetv2 `ExperimentPlanner` subclass. It first lets nnU-Net size patch,
+batch and topology for the GPU memory target, then (if the budget has a time target) trades batch
+size and patch size for time, and records in every configuration a `training_budget` section:
+the budget, the estimated seconds per iteration, epochs and iterations, and the reason for each
+choice. Plans stay valid nnU-Net plans: nnunetv2 ignores the extra keys.
+"""
+from __future__ import annotations
+
+import logging
+from copy import deepcopy
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+from planning.budget import ComputeBudget, estimate_seconds_per_iteration
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLANS_NAME = "dnnunetPlans"
+
+
+class BudgetedPlanner(ExperimentPlanner):
+    """nnU-Net's planner with a compute budget (see module docstring).
+
+    Args:
+        dataset_name_or_id: dataset id or DatasetXXX_Name.
+        budget: the compute budget.
+        plans_name: plans identifier (file name of the plans in nnUNet_preprocessed).
+        forward_passes: forward passes per training iteration the budget must pay for
+            (1 for nnU-Net; 2 for diffusion strategies with a no-gradient first pass).
+    """
+
+    def __init__(self, dataset_name_or_id, budget: ComputeBudget, plans_name: str = DEFAULT_PLANS_NAME,
+                 forward_passes: float = 1.0, **kwargs):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb=budget.gpu_memory_gb, plans_name=plans_name,
+                         **kwargs)
+        self.budget = budget
+        self.forward_passes = forward_passes
+        self.UNet_base_num_features = budget.base_features
+        self.UNet_max_features_2d = budget.max_features_2d
+        self.UNet_max_features_3d = budget.max_features_3d
+
+    # nnU-Net calls this once per configuration (2d, 3d_fullres, 3d_lowres).
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
+                                    _cache) -> dict:
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        reasons = {
+            "patch_size": "nnU-Net: largest patch within the GPU memory target, capped at the median image shape",
+            "batch_size": "nnU-Net: fills the GPU memory target, at most 5% of the dataset per batch",
+            "features_per_stage": f"base {self.budget.base_features}, doubling per stage, capped at "
+                                  f"{self.UNet_max_features_2d if len(spacing) == 2 else self.UNet_max_features_3d}",
+        }
+        if self.budget.max_batch_size is not None and plan["batch_size"] > self.budget.max_batch_size:
+            plan["batch_size"] = max(self.budget.min_batch_size, self.budget.max_batch_size)
+            reasons["batch_size"] = f"budget cap of {self.budget.max_batch_size}"
+        if self.budget.seconds_per_iteration is not None:
+            self._fit_time_target(plan, spacing, median_shape, reasons)
+        plan["training_budget"] = self._training_schedule(plan, reasons)
+        return plan
+
+    def _cost(self, plan: dict) -> float:
+        return estimate_seconds_per_iteration(
+            plan["patch_size"], plan["batch_size"], plan["architecture"]["arch_kwargs"], self._num_input_channels(),
+            len(self.dataset_json["labels"]), self.budget.throughput_gflops, self.forward_passes)
+
+    def _num_input_channels(self) -> int:
+        return len(self.dataset_json["channel_names"])
+
+    def _fit_time_target(self, plan: dict, spacing, median_shape, reasons: dict) -> None:
+        """Shrink batch (down to the minimum), then patch, until the time estimate meets the target."""
+        target = self.budget.seconds_per_iteration
+        original_batch, original_patch = plan["batch_size"], list(plan["patch_size"])
+        while self._cost(plan) > target and plan["batch_size"] > self.budget.min_batch_size:
+            plan["batch_size"] -= 1
+        if plan["batch_size"] != original_batch:
+            reasons["batch_size"] = (f"reduced from {original_batch} to meet {target:.3g} s/iteration "
+                                     f"(minimum {self.budget.min_batch_size})")
+        while self._cost(plan) > target:
+            if not self._shrink_patch(plan, spacing, median_shape):
+                logger.warning("%s: cannot meet %.3g s/iteration even with the smallest patch (estimate %.3g s)",
+                               plan["data_identifier"], target, self._cost(plan))
+                break
+        if list(plan["patch_size"]) != original_patch:
+            reasons["patch_size"] = (f"reduced from {original_patch} to meet {target:.3g} s/iteration; "
+                                     "the axis with the largest patch/image ratio shrinks first, as nnU-Net does")
+
+    def _shrink_patch(self, plan: dict, spacing, median_shape) -> bool:
+        """One nnU-Net-style shrink step: reduce the axis with the largest patch/median-shape ratio."""
+        patch = list(plan["patch_size"])
+        divisible = get_pool_and_conv_props(spacing, patch, self.UNet_featuremap_min_edge_length, 999999)[4]
+        axis = int(np.argsort([p / m for p, m in zip(patch, median_shape[:len(spacing)])])[-1])
+        if patch[axis] - divisible[axis] < self.UNet_featuremap_min_edge_length:
+            return False
+        patch[axis] -= divisible[axis]
+        _, pools, kernels, patch, _ = get_pool_and_conv_props(spacing, patch, self.UNet_featuremap_min_edge_length,
+                                                              999999)
+        num_stages = len(pools)
+        max_features = self.UNet_max_features_2d if len(spacing) == 2 else self.UNet_max_features_3d
+        plan["patch_size"] = tuple(int(p) for p in patch)
+        plan["architecture"]["arch_kwargs"].update({
+            "n_stages": num_stages,
+            "kernel_sizes": kernels,
+            "strides": pools,
+            "features_per_stage": tuple(min(max_features, self.UNet_base_num_features * 2 ** i)
+                                        for i in range(num_stages)),
+            "n_conv_per_stage": self.UNet_blocks_per_stage_encoder[:num_stages],
+            "n_conv_per_stage_decoder": self.UNet_blocks_per_stage_decoder[:num_stages - 1],
+        })
+        return True
+
+    def _training_schedule(self, plan: dict, reasons: dict) -> dict:
+        b = self.budget
+        seconds = self._cost(plan)
+        if b.training_seconds is not None:
+            total_iterations = b.training_seconds / max(seconds, 1e-6)
+            num_epochs = max(b.min_epochs, int(round(total_iterations / b.iterations_per_epoch)))
+            reasons["num_epochs"] = (f"{b.training_seconds:.0f} s of training at an estimated {seconds:.3g} s/iteration"
+                                     f" and {b.iterations_per_epoch} iterations per epoch")
+        else:
+            num_epochs = b.num_epochs
+            reasons["num_epochs"] = f"fixed by the {b.name} budget"
+        return {
+            "budget": b.to_dict(),
+            "forward_passes_per_iteration": self.forward_passes,
+            "estimated_seconds_per_iteration": round(seconds, 4),
+            "estimated_training_seconds": round(seconds * num_epochs * b.iterations_per_epoch, 1),
+            "num_epochs": num_epochs,
+            "num_iterations_per_epoch": b.iterations_per_epoch,
+            "num_val_iterations_per_epoch": b.val_iterations_per_epoch,
+            "reasons": deepcopy(reasons),
+        }
