@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
@@ -74,7 +75,16 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
             logger.info("Preprocessing %s / %s", name, cfg)
             with nnunet_output_to_log(logger):
                 DefaultPreprocessor(verbose=False).run(name, cfg, plans_name, num_processes)
+        _copy_ground_truth(folder, paths.preprocessed() / name / "gt_segmentations")
     return plans
+
+
+def _copy_ground_truth(raw_folder: Path, target: Path) -> None:
+    """nnU-Net's final validation reads the training labels from here (as nnUNetv2_preprocess does)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for label in (raw_folder / "labelsTr").iterdir():
+        if label.is_file() and not label.name.startswith("."):
+            shutil.copy2(label, target / label.name)
 
 
 def preprocessed_plans_file(dataset_name: str, plans_name: str) -> Path:

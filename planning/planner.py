@@ -14,6 +14,7 @@ from copy import deepcopy
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from planning.budget import ComputeBudget, estimate_seconds_per_iteration
 
@@ -42,6 +43,15 @@ class BudgetedPlanner(ExperimentPlanner):
         self.UNet_base_num_features = budget.base_features
         self.UNet_max_features_2d = budget.max_features_2d
         self.UNet_max_features_3d = budget.max_features_3d
+
+    @staticmethod
+    def static_estimate_VRAM_usage(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+                                   arch_kwargs_req_import):
+        # nnunetv2's version sets torch's thread count to nnUNet_n_proc_DA, which is 0 (invalid
+        # for torch) in our CPU setup; the estimate itself needs no threads.
+        net = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
+                                     output_channels, allow_init=False)
+        return net.compute_conv_feature_map_size(patch_size)
 
     # nnU-Net calls this once per configuration (2d, 3d_fullres, 3d_lowres).
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,

@@ -119,7 +119,7 @@ class DnnTrainer(nnUNetTrainer):
             logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %s, %.3f s/iteration",
                         epoch + 1, self.num_epochs, self.logger.get_value("train_losses", -1),
                         self.logger.get_value("val_losses", -1),
-                        np.round(self.logger.get_value("dice_per_class_or_region", -1), 3).tolist(),
+                        [round(float(d), 3) for d in self.logger.get_value("dice_per_class_or_region", -1)],
                         self.seconds_per_iteration[-1] if self.seconds_per_iteration else float("nan"))
             self._write_stats()
 

@@ -1,0 +1,134 @@
+"""Planning math: budgets, the cost model, and plans for 2D and anisotropic 3D data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from diffusion_nnunet.errors import UserInputError
+from planning.budget import PRESETS, estimate_seconds_per_iteration, get_budget, unet_forward_flops
+from planning.planner import BudgetedPlanner
+
+ARCH_2D = {
+    "n_stages": 3, "features_per_stage": (8, 16, 32), "kernel_sizes": [[3, 3]] * 3,
+    "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": (2, 2, 2), "n_conv_per_stage_decoder": (2, 2),
+}
+
+
+def test_flops_count_matches_hand_computation():
+    # encoder: 2*V0*(1*8+8*8)*9 + 2*V1*(8*16+16*16)*9 + 2*V2*(16*32+32*32)*9
+    v0, v1, v2 = 16 * 16, 8 * 8, 4 * 4
+    enc = 2 * 9 * (v0 * (8 + 64) + v1 * (128 + 256) + v2 * (512 + 1024))
+    # decoder stage 1: transposed conv 32->16 at V1, convs (32->16, 16->16); stage 0: 16->8 at V0, (16->8, 8->8)
+    dec = 2 * v1 * 32 * 16 + 2 * 9 * v1 * (32 * 16 + 16 * 16) + 2 * v0 * 16 * 8 + 2 * 9 * v0 * (16 * 8 + 8 * 8)
+    head = 2 * v0 * 8 * 3
+    assert unet_forward_flops((16, 16), ARCH_2D, 1, 3) == enc + dec + head
+
+
+def test_estimate_scales_with_batch_features_and_extra_forward_pass():
+    base = estimate_seconds_per_iteration((64, 64), 2, ARCH_2D, 1, 3, 10.0)
+    assert estimate_seconds_per_iteration((64, 64), 4, ARCH_2D, 1, 3, 10.0) == pytest.approx(2 * base)
+    assert estimate_seconds_per_iteration((64, 64), 2, ARCH_2D, 1, 3, 20.0) == pytest.approx(base / 2)
+    # a no-gradient forward pass costs a third of forward+backward: the 4/3 floor of the recycling strategies
+    assert estimate_seconds_per_iteration((64, 64), 2, ARCH_2D, 1, 3, 10.0, forward_passes=2) == pytest.approx(4 / 3 * base)
+    wide = dict(ARCH_2D, features_per_stage=(16, 32, 64))
+    ratio = unet_forward_flops((64, 64), wide, 16, 3) / unet_forward_flops((64, 64), ARCH_2D, 8, 3)
+    assert 3.5 < ratio <= 4.0  # convolutions are quadratic in width; the 1x1 head is linear
+
+
+def test_get_budget():
+    assert get_budget("gpu") is PRESETS["gpu"]
+    assert get_budget("gpu").num_epochs == 1000 and get_budget("gpu").iterations_per_epoch == 250
+    custom = get_budget("cpu-small", seconds_per_iteration=0.5)
+    assert custom.seconds_per_iteration == 0.5 and "cpu-small" in custom.name
+    with pytest.raises(UserInputError, match="unknown budget"):
+        get_budget("tpu-huge")
+    with pytest.raises(UserInputError):
+        get_budget("cpu-small", seconds_per_iteration=0)
+
+
+def _fake_dataset(nnunet_dirs, name, shape_zyx, spacing_zyx, n_cases=20, labels=("background", "a", "b")):
+    """A raw dataset with one real tiny image (nnU-Net reads one to pick the reader) and a fingerprint."""
+    raw = nnunet_dirs["nnUNet_raw"] / name
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    img = sitk.GetImageFromArray(np.zeros((2, 4, 4), np.float32))
+    sitk.WriteImage(img, str(raw / "imagesTr" / "case_000_0000.nii.gz"))
+    sitk.WriteImage(sitk.Cast(img, sitk.sitkUInt8), str(raw / "labelsTr" / "case_000.nii.gz"))
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(labels)},
+        "numTraining": n_cases, "file_ending": ".nii.gz"}))
+    pre = nnunet_dirs["nnUNet_preprocessed"] / name
+    pre.mkdir()
+    (pre / "dataset_fingerprint.json").write_text(json.dumps({
+        "spacings": [list(spacing_zyx)] * n_cases, "shapes_after_crop": [list(shape_zyx)] * n_cases,
+        "median_relative_size_after_cropping": 1.0,
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 1000.0, "mean": 50.0, "median": 40.0, "min": -1000.0, "percentile_00_5": -900.0,
+            "percentile_99_5": 900.0, "std": 100.0}},
+    }))
+    return name
+
+
+def _plan(name, budget):
+    planner = BudgetedPlanner(name, get_budget(budget))
+    planner.save_plans = lambda plans: None  # the planning math only; writing is tested end to end
+    return planner.plan_experiment()
+
+
+def test_2d_gpu_budget_keeps_nnunet_defaults(nnunet_dirs):
+    name = _fake_dataset(nnunet_dirs, "Dataset901_Flat", (1, 128, 128), (999.0, 0.3, 0.3))
+    plans = _plan(name, "gpu")
+    assert list(plans["configurations"]) == ["2d"]
+    cfg = plans["configurations"]["2d"]
+    assert list(cfg["patch_size"]) == [128, 128]
+    assert cfg["architecture"]["arch_kwargs"]["features_per_stage"][0] == 32
+    tb = cfg["training_budget"]
+    assert (tb["num_epochs"], tb["num_iterations_per_epoch"], tb["num_val_iterations_per_epoch"]) == (1000, 250, 50)
+
+
+def test_2d_cpu_budget_meets_time_target_and_records_reasons(nnunet_dirs):
+    name = _fake_dataset(nnunet_dirs, "Dataset902_Flat", (1, 512, 512), (999.0, 0.3, 0.3), n_cases=200)
+    budget = get_budget("cpu-small")
+    cfg = _plan(name, "cpu-small")["configurations"]["2d"]
+    arch = cfg["architecture"]["arch_kwargs"]
+    assert arch["features_per_stage"][0] == budget.base_features
+    assert max(arch["features_per_stage"]) <= budget.max_features_2d
+    assert budget.min_batch_size <= cfg["batch_size"] <= budget.max_batch_size
+    tb = cfg["training_budget"]
+    assert tb["estimated_seconds_per_iteration"] <= budget.seconds_per_iteration
+    # the time target forced a smaller patch than the 512x512 image; the reason says so
+    assert np.prod(cfg["patch_size"]) < 512 * 512
+    assert "reduced" in tb["reasons"]["patch_size"]
+    expected_epochs = round(budget.training_seconds / tb["estimated_seconds_per_iteration"] / budget.iterations_per_epoch)
+    assert tb["num_epochs"] == max(budget.min_epochs, expected_epochs)
+    assert tb["budget"]["name"] == "cpu-small"
+
+
+def test_3d_anisotropic_topology_and_budget(nnunet_dirs):
+    # 3 mm slices, 0.8 mm in plane: nnU-Net must not pool (nor use 3-wide kernels) across slices at first
+    name = _fake_dataset(nnunet_dirs, "Dataset903_Aniso", (32, 96, 96), (3.0, 0.8, 0.8), n_cases=30)
+    plans = _plan(name, "cpu-small")
+    assert "3d_fullres" in plans["configurations"]
+    cfg = plans["configurations"]["3d_fullres"]
+    arch = cfg["architecture"]["arch_kwargs"]
+    assert arch["kernel_sizes"][0][0] == 1 and arch["kernel_sizes"][0][1] == 3
+    assert arch["strides"][1][0] == 1 and arch["strides"][1][1] == 2
+    assert cfg["training_budget"]["estimated_seconds_per_iteration"] <= get_budget("cpu-small").seconds_per_iteration
+    # the slice axis is the first (transposed) axis and keeps fewer voxels than the in-plane axes
+    assert cfg["patch_size"][0] < cfg["patch_size"][1]
+    assert max(arch["features_per_stage"]) <= get_budget("cpu-small").max_features_3d
+
+
+def test_smaller_time_target_never_gives_a_costlier_plan(nnunet_dirs):
+    name = _fake_dataset(nnunet_dirs, "Dataset904_Flat", (1, 256, 256), (999.0, 0.5, 0.5), n_cases=100)
+    costs = []
+    for seconds in (1.0, 0.2, 0.05):
+        planner = BudgetedPlanner(name, get_budget("cpu-small", seconds_per_iteration=seconds))
+        planner.save_plans = lambda plans: None
+        cfg = planner.plan_experiment()["configurations"]["2d"]
+        costs.append(cfg["training_budget"]["estimated_seconds_per_iteration"])
+        assert costs[-1] <= seconds
+    assert costs[0] >= costs[1] >= costs[2]
