@@ -92,7 +92,7 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
         logger.info("[3/5] training %s, fold %d", trainer, settings.fold)
         train_fold(str(dataset_id), configuration, settings.fold, trainer,
                    config_overrides={"num_epochs": settings.epochs, "seed": settings.seed}, device=device,
-                   continue_training=not settings.fresh, validate=True)
+                   continue_training=fold_dir.is_dir() and not settings.fresh, validate=True)
     train_seconds = time.perf_counter() - start
     stats = json.loads((fold_dir / "training_stats.json").read_text()) if (fold_dir / "training_stats.json").is_file() else {}
 

@@ -20,7 +20,12 @@ that absorb the float32 rounding of NIfTI headers: origin 1e-3 mm, direction cos
 because an image and label in different physical places or orientations usually means the
 label does not belong to the voxels, which silently ruins a training run.
 
-Only SimpleITK and numpy are imported here (no torch), so validation starts instantly.
+Headers are read with SimpleITK (``ReadImageInformation``, cheap). Voxels of NIfTI files are
+read with nibabel, because ITK's NIfTI reader silently turns NaN/Inf into 0 and zero-fills
+truncated files; other formats are read with SimpleITK. ``check_intensities=False`` skips reading
+image voxels (NaN/Inf and truncated images then go unnoticed); labels are always read in full.
+
+No torch import here (nnunetv2 pulls it in), so validation starts instantly.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -59,6 +65,8 @@ _REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 # Warnings that come once per file are summarised when more than this many files share them.
 _MAX_WARNINGS_PER_KIND = 5
 _CHUNK_VOXELS = 1 << 24
+#: Worker processes are only started when the files to read add up to at least this many bytes.
+PARALLEL_MIN_BYTES = 64 << 20
 
 
 @dataclass
@@ -942,28 +950,55 @@ def _integer_value_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.astype(np.int64), counts
 
 
+def _total_bytes(tasks: list[_CaseTask]) -> int:
+    total = 0
+    for task in tasks:
+        for path in (*task.images, task.label):
+            if path is not None:
+                try:
+                    total += path.stat().st_size
+                except OSError:
+                    pass
+    return total
+
+
 def _run_tasks(tasks: list[_CaseTask], num_processes: int, what: str) -> Iterable[_CaseResult]:
-    """Run `_check_case` over tasks, in worker processes when asked, yielding results in task order."""
+    """Run `_check_case` over tasks, in worker processes when asked, yielding results in task order.
+
+    If the worker pool breaks (e.g. a calling script without an ``if __name__ == "__main__"``
+    guard, which "spawn" workers need), the remaining cases are checked in this process.
+    """
     if not tasks:
         return
     total = len(tasks)
     step = max(1, total // 10)
     workers = max(1, min(int(num_processes or 1), total))
-    if workers == 1:
-        results = map(_check_case, tasks)
-        executor = None
-    else:
+    if workers > 1 and _total_bytes(tasks) < PARALLEL_MIN_BYTES:
+        workers = 1  # starting "spawn" workers costs about a second: not worth it for small datasets
+    done = 0
+
+    def progress() -> None:
+        if done % step == 0 or done == total:
+            logger.info("checked %d/%d %s", done, total, what)
+
+    if workers > 1:
         # spawn: safe even when the parent has torch threads running; this module imports fast
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-        results = executor.map(_check_case, tasks, chunksize=max(1, total // (workers * 8)))
-    try:
-        for done, result in enumerate(results, start=1):
-            if done % step == 0 or done == total:
-                logger.info("checked %d/%d %s", done, total, what)
-            yield result
-    finally:
-        if executor is not None:
+        try:
+            for result in executor.map(_check_case, tasks, chunksize=max(1, total // (workers * 8))):
+                done += 1
+                progress()
+                yield result
+        except BrokenProcessPool:
+            logger.warning("worker processes failed; checking the remaining %d %s in this process",
+                           total - done, what)
+        finally:
             executor.shutdown(cancel_futures=True)
+    for task in tasks[done:]:
+        result = _check_case(task)
+        done += 1
+        progress()
+        yield result
 
 
 def _raise_if_problems(root: Path, problems: list[tuple[Path, str]], what: str = "planning") -> None:

@@ -89,6 +89,8 @@ def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str =
     trainer_obj.apply_config(TrainingConfig(**{k: v for k, v in values.items() if k in known}))
 
     if continue_training:
+        for stale in fold_folder.glob(".checkpoint_*.tmp*"):  # left by a kill during a checkpoint write
+            stale.unlink()
         checkpoint = find_resume_checkpoint(fold_folder)
         if checkpoint is None:
             logger.warning("no usable checkpoint in %s: starting a new training", fold_folder)

@@ -1,0 +1,103 @@
+"""Create an nnU-Net raw dataset folder from a registered generator, safely.
+
+The dataset is written into a hidden temporary sibling folder (``.DatasetXXX_Name.tmp-*``,
+which nnU-Net's ``DatasetXXX_`` lookup never matches) and renamed into place only when
+complete, so a half-written dataset never appears under its real name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from diffusion_nnunet.datasets.base import DatasetGenerator
+from diffusion_nnunet.datasets.raw_writer import write_cases
+from diffusion_nnunet.errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_folder_name(dataset_id: int, folder_name: str) -> str:
+    """nnU-Net's folder name, e.g. ``Dataset501_SyntheticUS2D``.
+
+    Args:
+        dataset_id: nnU-Net dataset id (1-999).
+        folder_name: the dataset's name part.
+    """
+    return f"Dataset{dataset_id:03d}_{folder_name}"
+
+
+def _check_arguments(dataset_id: int, num_train: int | None, num_test: int | None, seed: int) -> None:
+    if not isinstance(dataset_id, int) or isinstance(dataset_id, bool) or not 1 <= dataset_id <= 999:
+        raise UserInputError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
+    if num_train is not None and num_train < 1:
+        raise UserInputError(f"number of training cases must be at least 1, got {num_train}")
+    if num_test is not None and num_test < 0:
+        raise UserInputError(f"number of test cases must not be negative, got {num_test}")
+    if seed < 0:
+        raise UserInputError(f"seed must not be negative, got {seed}")
+
+
+def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overwrite: bool) -> None:
+    others = sorted(p.name for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p != destination)
+    if others:
+        raise UserInputError(
+            f"dataset id {dataset_id} is already used by {', '.join(others)} in {raw_root}; "
+            "choose another id or remove that folder")
+    if destination.exists() and not overwrite:
+        raise UserInputError(f"{destination} already exists; pass overwrite to replace it")
+
+
+def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,
+                  num_train: int | None = None, num_test: int | None = None, seed: int = 0,
+                  overwrite: bool = False) -> Path:
+    """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
+
+    Args:
+        generator: the dataset to generate.
+        raw_root: nnU-Net raw folder (created if missing).
+        dataset_id: nnU-Net dataset id; the generator's default if None.
+        num_train: training cases; the generator's default if None.
+        num_test: test cases; the generator's default if None.
+        seed: random seed; the same seed gives identical files' contents.
+        overwrite: replace an existing folder of the same name.
+
+    Raises:
+        UserInputError: bad arguments, existing folder without overwrite, or the id is taken
+            by a differently named dataset.
+    """
+    dataset_id = generator.default_id if dataset_id is None else dataset_id
+    _check_arguments(dataset_id, num_train, num_test, seed)
+    num_train = generator.default_num_train if num_train is None else num_train
+    num_test = generator.default_num_test if num_test is None else num_test
+
+    raw_root = Path(raw_root)
+    raw_root.mkdir(parents=True, exist_ok=True)
+    destination = raw_root / dataset_folder_name(dataset_id, generator.folder_name)
+    _check_destination(raw_root, dataset_id, destination, overwrite)
+
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=raw_root))
+    try:
+        write_cases(tmp, generator, generator.cases(num_train, num_test, seed))
+        _move_into_place(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("generated %s in %.1f s", destination, time.perf_counter() - start)
+    return destination
+
+
+def _move_into_place(tmp: Path, destination: Path) -> None:
+    """Rename `tmp` to `destination`, replacing an existing folder of that name."""
+    if not destination.exists():
+        os.replace(tmp, destination)
+        return
+    # A non-empty directory cannot be replaced in one step: move the old one aside first.
+    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+    os.replace(destination, old / destination.name)
+    os.replace(tmp, destination)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""The command line turns bad input into one clear message and exit code 2, before any compute."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from diffusion_nnunet.cli.main import build_parser, main
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    for command in ("make-dataset", "plan-and-preprocess", "train", "predict", "ensemble", "evaluate", "demo",
+                    "ext-trainer-path"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: dnnunet " + command in capsys.readouterr().out
+
+
+def test_unknown_dataset_id_is_reported_with_what_exists(nnunet_dirs, capsys):
+    (nnunet_dirs["nnUNet_raw"] / "Dataset007_Real").mkdir()
+    assert main(["plan-and-preprocess", "-d", "42"]) == 2
+    err = capsys.readouterr().err
+    assert "42" in err and "Dataset007_Real" in err
+
+
+def test_unknown_trainer_lists_the_registered_ones(nnunet_dirs, capsys):
+    assert main(["train", "--list-trainers", "-d", "1", "-f", "0"]) == 0
+    assert "baseline" in capsys.readouterr().out
+    (nnunet_dirs["nnUNet_preprocessed"] / "Dataset001_X").mkdir()
+    assert main(["train", "-d", "1", "-f", "0", "-tr", "no_such_trainer", "-device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "dnnunetPlans.json does not exist" in err or "no_such_trainer" in err
+
+
+def test_predict_without_a_model_names_the_missing_folder(nnunet_dirs, tmp_path, capsys):
+    (nnunet_dirs["nnUNet_results"] / "Dataset003_Y").mkdir()
+    assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "3", "-device", "cpu"]) == 2
+    assert "DnnBaselineTrainer__dnnunetPlans__2d" in capsys.readouterr().err
+
+
+def test_predict_inputs_with_wrong_channel_count_name_the_case(tmp_path):
+    from diffusion_nnunet.errors import InvalidDataError
+    from planning.validate import validate_prediction_inputs
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 8, 8), np.float32)), str(inputs / "case1_0000.nii.gz"))
+    with pytest.raises(InvalidDataError, match="case1.*_0001") as err:
+        validate_prediction_inputs(inputs, {"0": "T1", "1": "T2"}, ".nii.gz")
+    assert "channel" in str(err.value)
