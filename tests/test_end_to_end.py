@@ -204,7 +204,7 @@ def test_our_predictor_reads_a_stock_nnunet_model_folder(env, tmp_path):
     raw = env["raw"]
     assert main(["predict", "-m", str(stock), "-i", str(raw / "imagesTs"), "-o", str(out_stock), "--disable-tta",
                  "-device", "cpu"]) == 0
-    assert main(["predict", "-m", str(env["model"]), "-i", str(raw / "imagesTs"), "-o", str(out_ours),
+    assert main(["predict", "-m", str(env["model"]), "-f", "0", "-i", str(raw / "imagesTs"), "-o", str(out_ours),
                  "--disable-tta", "-device", "cpu"]) == 0
     for p in out_ours.glob("*.nii.gz"):
         np.testing.assert_array_equal(_read(p), _read(out_stock / p.name))

@@ -11,7 +11,7 @@ What is simulated, and why it exercises nnU-Net like a real abdominal CT task:
   outline per case: liver (label 1, ~ 55-70 HU, large), two kidneys (label 2, ~ 25-40 HU,
   paired left/right, wrapped in perirenal fat), spleen (label 3, ~ 40-50 HU: close to the
   liver in HU, told apart by position and shape), aorta (label 4, contrast-enhanced
-  ~ 120-180 HU, small: a tube a few voxels wide). Organs cover different slice ranges, so
+  ~ 120-180 HU, small: a tube 4-6 voxels wide). Organs cover different slice ranges, so
   some slices contain only some classes, and parts of organs are cut by the volume's ends.
 - **Anisotropic spacing**: 0.8 x 0.8 mm in-plane, 3.0 mm between slices (ratio 3.75 > 3,
   which triggers nnU-Net's anisotropic handling: separate-z resampling and a target
@@ -121,8 +121,8 @@ def _organs(rng: np.random.Generator, grid, hu: np.ndarray, label: np.ndarray, i
     """Paint liver, spleen, kidneys (with perirenal fat) and aorta into `hu` and `label`."""
     num_slices = hu.shape[0]
     liver = _ellipsoid_distance(
-        rng, grid, (rng.uniform(0.15, 0.4) * num_slices, center[0] - rng.uniform(0, 5), center[1] - rng.uniform(7, 11)),
-        (rng.uniform(6, 10), rng.uniform(10, 14), rng.uniform(11, 15)), rng.uniform(-0.4, 0.4), 0.1) < 1.0
+        rng, grid, (rng.uniform(0.25, 0.45) * num_slices, center[0] - rng.uniform(0, 5), center[1] - rng.uniform(7, 11)),
+        (rng.uniform(8, 12), rng.uniform(12, 16), rng.uniform(13, 17)), rng.uniform(-0.4, 0.4), 0.1) < 1.0
     _paint(hu, label, liver & interior, rng.uniform(55.0, 70.0), "liver")
     spleen = _ellipsoid_distance(
         rng, grid, (rng.uniform(0.15, 0.4) * num_slices, center[0] + rng.uniform(2, 6), center[1] + rng.uniform(12, 16)),
@@ -139,7 +139,7 @@ def _organs(rng: np.random.Generator, grid, hu: np.ndarray, label: np.ndarray, i
     zz, yy, xx = grid
     drift = 0.7 * np.sin(2 * np.pi * zz / num_slices + rng.uniform(0, 2 * np.pi))
     aorta_center = (vertebra[0] - vertebra_radius - rng.uniform(2.5, 4.0), vertebra[1] + rng.uniform(1.0, 4.0))
-    aorta = np.hypot(yy - aorta_center[0] - drift, xx - aorta_center[1]) < rng.uniform(2.5, 3.5)
+    aorta = np.hypot(yy - aorta_center[0] - drift, xx - aorta_center[1]) < rng.uniform(2.0, 3.0)
     _paint(hu, label, aorta & interior, rng.uniform(120.0, 180.0), "aorta")
 
 
