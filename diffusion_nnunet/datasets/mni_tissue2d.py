@@ -112,6 +112,7 @@ def split_slices() -> tuple[list[int], list[int]]:
             train.append(z)
         elif SLAB + GAP <= position < 2 * SLAB + GAP:
             test.append(z)
+    logger.debug("MNI slices: %d eligible, %d training, %d test", len(eligible), len(train), len(test))
     return train, test
 
 

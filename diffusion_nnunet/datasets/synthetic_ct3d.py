@@ -5,13 +5,13 @@ What is simulated, and why it exercises nnU-Net like a real abdominal CT task:
 - **Hounsfield units** stored as int16, channel name ``CT``, so nnU-Net applies its CT
   normalisation (clip to the foreground 0.5-99.5 percentiles, global mean/std): air outside
   the body (-1000), subcutaneous fat (~ -100), a muscle wall (~ 45), a visceral mix of fat and
-  soft tissue (~ -100..20), a vertebra with cortical (~ 700) and cancellous (~ 250) bone and
+  soft tissue (~ -100..20), a vertebra with cortical (~ 700-900) and cancellous (~ 250) bone and
   intervertebral discs (unlabelled bright distractor).
 - **Organs** with realistic contrasts and random position, size, orientation and irregular
   outline per case: liver (label 1, ~ 55-70 HU, large), two kidneys (label 2, ~ 25-40 HU,
   paired left/right, wrapped in perirenal fat), spleen (label 3, ~ 40-50 HU: close to the
   liver in HU, told apart by position and shape), aorta (label 4, contrast-enhanced
-  ~ 120-180 HU, small: a tube 4-6 voxels wide). Organs cover different slice ranges, so
+  ~ 150-220 HU, small: a tube 4-6 voxels wide). Organs cover different slice ranges, so
   some slices contain only some classes, and parts of organs are cut by the volume's ends.
 - **Anisotropic spacing**: 0.8 x 0.8 mm in-plane, 3.0 mm between slices (ratio 3.75 > 3,
   which triggers nnU-Net's anisotropic handling: separate-z resampling and a target
@@ -81,7 +81,7 @@ def _spine(rng: np.random.Generator, grid, center: tuple[float, float], posterio
     vertebra = (posterior_row - radius - rng.uniform(1.0, 2.5), center[1] + rng.uniform(-1.0, 1.0))
     distance = np.sqrt((yy - vertebra[0]) ** 2 + (xx - vertebra[1]) ** 2)
     bone = distance < radius
-    cortex = bone & (distance >= radius - 1.3)
+    cortex = bone & (distance >= radius - 1.8)
     period = rng.uniform(7.0, 9.0)  # ~25 mm vertebral height at 3 mm slices
     disc = bone & (((zz + rng.uniform(0, period)) % period) < 1.0)
     return bone, cortex, disc, vertebra, radius
@@ -106,11 +106,12 @@ def simulate(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         bone, cortex, disc, vertebra, vertebra_radius = _spine(rng, grid, center, posterior_row)
         _organs(rng, grid, hu, label, interior, center, vertebra, vertebra_radius)
         hu[bone] = rng.uniform(220.0, 280.0)
-        hu[cortex] = rng.uniform(600.0, 800.0)
+        hu[cortex] = rng.uniform(700.0, 900.0)
         hu[disc] = rng.uniform(70.0, 90.0)
         label[bone] = LABELS["background"]
         if min(np.count_nonzero(label == v) for v in range(1, len(LABELS))) >= MIN_CLASS_VOXELS:
             break
+        logger.debug("redrawing a CT phantom: a class has fewer than %d voxels", MIN_CLASS_VOXELS)
     hu = ndimage.gaussian_filter(hu, (0.4, 0.7, 0.7))  # partial-volume effect at edges
     hu += rng.uniform(10.0, 20.0) * smooth_noise(rng, shape, (0.3, 0.6, 0.6))
     return np.clip(np.round(hu), *HU_RANGE).astype(np.int16), label
@@ -120,13 +121,15 @@ def _organs(rng: np.random.Generator, grid, hu: np.ndarray, label: np.ndarray, i
             center: tuple[float, float], vertebra: tuple[float, float], vertebra_radius: float) -> None:
     """Paint liver, spleen, kidneys (with perirenal fat) and aorta into `hu` and `label`."""
     num_slices = hu.shape[0]
-    liver = _ellipsoid_distance(
-        rng, grid, (rng.uniform(0.25, 0.45) * num_slices, center[0] - rng.uniform(0, 5), center[1] - rng.uniform(7, 11)),
-        (rng.uniform(8, 12), rng.uniform(12, 16), rng.uniform(13, 17)), rng.uniform(-0.4, 0.4), 0.1) < 1.0
+    # Liver: large, on the image-left (patient-right), anterior-lateral, upper slices.
+    liver_center = (rng.uniform(0.25, 0.45) * num_slices, center[0] - rng.uniform(0, 5), center[1] - rng.uniform(7, 11))
+    liver_radii = (rng.uniform(8, 12), rng.uniform(12, 16), rng.uniform(13, 17))
+    liver = _ellipsoid_distance(rng, grid, liver_center, liver_radii, rng.uniform(-0.4, 0.4), 0.1) < 1.0
     _paint(hu, label, liver & interior, rng.uniform(55.0, 70.0), "liver")
-    spleen = _ellipsoid_distance(
-        rng, grid, (rng.uniform(0.15, 0.4) * num_slices, center[0] + rng.uniform(2, 6), center[1] + rng.uniform(12, 16)),
-        (rng.uniform(3, 5), rng.uniform(5, 8), rng.uniform(3.5, 5.5)), rng.uniform(-0.6, 0.6), 0.1) < 1.0
+    # Spleen: smaller, opposite side, posterior-lateral, upper slices.
+    spleen_center = (rng.uniform(0.15, 0.4) * num_slices, center[0] + rng.uniform(2, 6), center[1] + rng.uniform(12, 16))
+    spleen_radii = (rng.uniform(3, 5), rng.uniform(5, 8), rng.uniform(3.5, 5.5))
+    spleen = _ellipsoid_distance(rng, grid, spleen_center, spleen_radii, rng.uniform(-0.6, 0.6), 0.1) < 1.0
     _paint(hu, label, spleen & interior, rng.uniform(40.0, 50.0), "spleen")
     kidney_z, kidney_hu, tilt = rng.uniform(0.45, 0.7) * num_slices, rng.uniform(25.0, 40.0), rng.uniform(0.2, 0.6)
     for side in (-1.0, 1.0):
@@ -140,7 +143,7 @@ def _organs(rng: np.random.Generator, grid, hu: np.ndarray, label: np.ndarray, i
     drift = 0.7 * np.sin(2 * np.pi * zz / num_slices + rng.uniform(0, 2 * np.pi))
     aorta_center = (vertebra[0] - vertebra_radius - rng.uniform(2.5, 4.0), vertebra[1] + rng.uniform(1.0, 4.0))
     aorta = np.hypot(yy - aorta_center[0] - drift, xx - aorta_center[1]) < rng.uniform(2.0, 3.0)
-    _paint(hu, label, aorta & interior, rng.uniform(120.0, 180.0), "aorta")
+    _paint(hu, label, aorta & interior, rng.uniform(150.0, 220.0), "aorta")
 
 
 def _paint(hu: np.ndarray, label: np.ndarray, mask: np.ndarray, value: float, name: str) -> None:

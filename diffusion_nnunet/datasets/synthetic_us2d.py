@@ -138,6 +138,7 @@ def simulate(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         label[inside] = LABELS["lesion"]
         if min(np.count_nonzero(label == v) for v in (1, 2)) >= MIN_STRUCTURE_PIXELS:
             break
+        logger.debug("redrawing an ultrasound geometry: a structure has fewer than %d pixels", MIN_STRUCTURE_PIXELS)
     _paint_lesion(rng, inside, distance, yy, reflectivity)
     return _speckle_image(rng, reflectivity, yy), label
 
