@@ -17,9 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-# Effective convolution throughput of nnU-Net training on the reference 2-core CPU (GFLOP/s),
-# measured with `planning.budget.measure_throughput` (see docs/benchmarks.md).
-CPU_REFERENCE_GFLOPS = 40.0
+# Reference 2-core CPU, fitted to measured nnU-Net training iterations of four plans
+# (benchmarks/budget_calibration.py, docs/benchmarks.md): seconds = 0.03 + GFLOP / 150.
+CPU_REFERENCE_GFLOPS = 150.0
+# Per-iteration cost that does not scale with the network: augmentation, loss, optimizer step.
+CPU_ITERATION_OVERHEAD_S = 0.03
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ComputeBudget:
         max_batch_size: cap on the batch size; None = nnU-Net's rule only.
         min_batch_size: nnU-Net never goes below 2.
         throughput_gflops: effective training throughput of the target machine.
+        iteration_overhead_s: seconds per iteration that do not scale with the network.
     """
 
     name: str
@@ -57,6 +60,7 @@ class ComputeBudget:
     max_batch_size: int | None = None
     min_batch_size: int = 2
     throughput_gflops: float = CPU_REFERENCE_GFLOPS
+    iteration_overhead_s: float = CPU_ITERATION_OVERHEAD_S
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +76,7 @@ PRESETS: dict[str, ComputeBudget] = {
         max_features_2d=128,
         max_features_3d=128,
         seconds_per_iteration=0.25,
-        training_seconds=240.0,
+        training_seconds=210.0,
         iterations_per_epoch=50,
         val_iterations_per_epoch=5,
         max_batch_size=8,
@@ -170,44 +174,16 @@ def estimate_seconds_per_iteration(
     out_channels: int,
     throughput_gflops: float,
     forward_passes: float = 1.0,
+    overhead_s: float = 0.0,
 ) -> float:
     """Estimated seconds for one training iteration (forward + backward = 3 forward-equivalents).
 
     Args:
         forward_passes: extra no-gradient forward passes per iteration add 1 each (diffusion
             strategies that recycle a prediction use 2: cost factor (3 + 1) / 3).
+        overhead_s: fixed seconds per iteration (data augmentation, optimizer).
     """
     per_sample = unet_forward_flops(patch_size, arch_kwargs, in_channels, out_channels)
     total = per_sample * batch_size * (3.0 + (forward_passes - 1.0))
-    return total / (throughput_gflops * 1e9)
+    return overhead_s + total / (throughput_gflops * 1e9)
 
-
-def measure_throughput(dim: int = 2, features: int = 32, size: int | None = None, repeats: int = 5) -> float:
-    """Measure this machine's effective training throughput in GFLOP/s with a conv stack.
-
-    Runs a few forward+backward steps of a 3-layer conv block (nnU-Net's conv, instance norm,
-    leaky ReLU) on the CPU and divides the counted FLOPs by the median time.
-
-    Args:
-        dim: 2 or 3.
-        features: channels of the convolutions.
-        size: spatial edge length (default 128 for 2D, 32 for 3D).
-        repeats: timed repetitions (the median is used).
-    """
-    import time
-
-    import torch
-    from torch import nn
-
-    size = size or (128 if dim == 2 else 32)
-    conv = nn.Conv2d if dim == 2 else nn.Conv3d
-    norm = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
-    net = nn.Sequential(*[m for _ in range(3) for m in (conv(features, features, 3, padding=1), norm(features, affine=True), nn.LeakyReLU())])
-    x = torch.randn(2, features, *([size] * dim))
-    flops = 3 * 2 * 2 * (size**dim) * features * features * 3**dim * 3
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        net(x).sum().backward()
-        times.append(time.perf_counter() - start)
-    return flops / float(np.median(times[1:])) / 1e9

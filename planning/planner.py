@@ -75,7 +75,8 @@ class BudgetedPlanner(ExperimentPlanner):
     def _cost(self, plan: dict) -> float:
         return estimate_seconds_per_iteration(
             plan["patch_size"], plan["batch_size"], plan["architecture"]["arch_kwargs"], self._num_input_channels(),
-            len(self.dataset_json["labels"]), self.budget.throughput_gflops, self.forward_passes)
+            len(self.dataset_json["labels"]), self.budget.throughput_gflops, self.forward_passes,
+            self.budget.iteration_overhead_s)
 
     def _num_input_channels(self) -> int:
         return len(self.dataset_json["channel_names"])
