@@ -118,7 +118,7 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))),
                       {trainer: predictions}, raw / "labelsTs", out / "overview.png", max_cases=4)
     write_text(_report(settings, budget.name, configuration, rows, columns), out / "results.md")
-    print(results_table_text(rows, columns))
+    print(results_table_text(rows, columns, float_format="{:.4g}"))
     print(f"table: {out / 'results.md'}   picture: {out / 'overview.png'}")
     return rows
 
@@ -130,4 +130,4 @@ def plans_file_ending(raw: Path) -> str:
 def _report(settings: DemoSettings, budget: str, configuration: str, rows: list[dict], columns: list[str]) -> str:
     return (f"# diffusion-nnunet demo\n\ndataset: {settings.dataset}, configuration {configuration}, "
             f"budget {budget}, fold {settings.fold}; metrics are means over imagesTs foreground classes.\n\n"
-            + results_table_markdown(rows, columns) + "\n\n![overview](overview.png)\n")
+            + results_table_markdown(rows, columns, float_format="{:.4g}") + "\n\n![overview](overview.png)\n")
