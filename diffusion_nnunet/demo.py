@@ -1,4 +1,5 @@
-"""The demo: generate a dataset, plan with a budget, train, predict the test images, evaluate.
+"""The demo: generate a dataset, plan with a budget, train the nnU-Net baseline and the recycling
+diffusion model, predict the test images, ensemble both, evaluate, and show one table and one picture.
 
 Each stage is skipped when its output already exists (so a second `make demo` is quick and an
 interrupted one picks up where it stopped); `--fresh` starts over.
@@ -16,6 +17,7 @@ import torch
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
+from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.evaluation import evaluate_folders, write_evaluation
 from diffusion_nnunet.inference.predictor import predict_folder
 from diffusion_nnunet.reporting import overlay_cases_png, results_table_markdown, results_table_text
@@ -60,6 +62,10 @@ def _configuration(plans: dict) -> str:
     return "2d" if "2d" in plans["configurations"] and "3d_fullres" not in plans["configurations"] else "3d_fullres"
 
 
+# (registry name, label in the table); the ensemble of the first two follows them.
+METHODS = (("baseline", "nnU-Net"), ("recycle", "diffusion (recycle, DDPM)"))
+
+
 def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     """Run the demo and return the table rows (also written to `output/results.md`)."""
     out = Path(settings.output)
@@ -80,47 +86,55 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     plans = plan_and_preprocess(str(dataset_id), budget, num_processes=2)
     configuration = _configuration(plans)
 
-    trainer = "baseline"
-    entry = registry.get(trainer)
-    fold_dir = (paths.results() / raw.name / f"{entry.cls.__name__}__{DEFAULT_PLANS_NAME}__{configuration}"
-                / f"fold_{settings.fold}")
-    finished = (fold_dir / "checkpoint_final.pth").is_file() and not settings.fresh
-    start = time.perf_counter()
-    if finished:
-        logger.info("[3/5] reusing the trained model in %s", fold_dir)
-    else:
-        logger.info("[3/5] training %s, fold %d", trainer, settings.fold)
-        train_fold(str(dataset_id), configuration, settings.fold, trainer,
-                   config_overrides={"num_epochs": settings.epochs, "seed": settings.seed}, device=device,
-                   continue_training=fold_dir.is_dir() and not settings.fresh, validate=True)
-    train_seconds = time.perf_counter() - start
-    stats = json.loads((fold_dir / "training_stats.json").read_text()) if (fold_dir / "training_stats.json").is_file() else {}
+    rows, predictions = [], {}
+    for trainer, label in METHODS:
+        fold_dir = _train(trainer, raw, configuration, settings, device)
+        stats_file = fold_dir / "training_stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+        logger.info("[4/5] predicting imagesTs with %s", trainer)
+        predictions[label] = out / "predictions" / trainer
+        start = time.perf_counter()
+        cases = predict_folder(fold_dir.parent, raw / "imagesTs", predictions[label], folds=[settings.fold],
+                               device=device, save_probabilities=True)
+        rows.append(_row(label, raw, predictions[label], out, stats.get("median_seconds_per_iteration"),
+                         (time.perf_counter() - start) / max(1, len(cases))))
 
-    logger.info("[4/5] predicting imagesTs")
-    predictions = out / "predictions" / trainer
+    label = "ensemble (nnU-Net + diffusion)"
+    predictions[label] = out / "predictions" / "ensemble"
     start = time.perf_counter()
-    cases = predict_folder(fold_dir.parent, raw / "imagesTs", predictions, folds=[settings.fold], device=device,
-                           save_probabilities=True)
-    predict_seconds = time.perf_counter() - start
+    cases = ensemble_folders([predictions[m[1]] for m in METHODS], predictions[label])
+    rows.append(_row(label, raw, predictions[label], out, None, (time.perf_counter() - start) / max(1, len(cases))))
 
-    logger.info("[5/5] evaluating")
-    result = evaluate_folders(raw / "labelsTs", predictions, dataset_json=raw / "dataset.json")
-    write_evaluation(result, out / f"evaluation_{trainer}.json")
-    fg = result["foreground_mean"]
-    rows = [{
-        "method": f"nnU-Net ({trainer})",
-        "Dice": fg["Dice"], "HD95 mm": fg["HD95"], "NSD": fg["NSD"],
-        "train s": None if finished else round(train_seconds, 1),
-        "s/iter": stats.get("median_seconds_per_iteration"),
-        "predict s/case": round(predict_seconds / max(1, len(cases)), 2),
-    }]
+    logger.info("[5/5] writing the table and the picture")
     columns = list(rows[0])
-    overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))),
-                      {trainer: predictions}, raw / "labelsTs", out / "overview.png", max_cases=4)
+    overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))), predictions,
+                      raw / "labelsTs", out / "overview.png", max_cases=4)
     write_text(_report(settings, budget.name, configuration, rows, columns), out / "results.md")
     print(results_table_text(rows, columns, float_format="{:.4g}"))
     print(f"table: {out / 'results.md'}   picture: {out / 'overview.png'}")
     return rows
+
+
+def _train(trainer: str, raw: Path, configuration: str, settings: DemoSettings, device: torch.device) -> Path:
+    """Train one fold unless a finished model exists; return the fold folder."""
+    entry = registry.get(trainer)
+    fold_dir = (paths.results() / raw.name / f"{entry.cls.__name__}__{DEFAULT_PLANS_NAME}__{configuration}"
+                / f"fold_{settings.fold}")
+    if (fold_dir / "checkpoint_final.pth").is_file() and not settings.fresh:
+        logger.info("[3/5] reusing the trained %s model in %s", trainer, fold_dir)
+        return fold_dir
+    logger.info("[3/5] training %s, fold %d", trainer, settings.fold)
+    return train_fold(raw.name, configuration, settings.fold, trainer,
+                      config_overrides={"num_epochs": settings.epochs, "seed": settings.seed}, device=device,
+                      continue_training=fold_dir.is_dir() and not settings.fresh, validate=True)
+
+
+def _row(label: str, raw: Path, predictions: Path, out: Path, seconds_per_iteration, seconds_per_case) -> dict:
+    result = evaluate_folders(raw / "labelsTs", predictions, dataset_json=raw / "dataset.json")
+    write_evaluation(result, out / f"evaluation_{predictions.name}.json")
+    fg = result["foreground_mean"]
+    return {"method": label, "Dice": fg["Dice"], "HD95 mm": fg["HD95"], "NSD": fg["NSD"],
+            "train s/iter": seconds_per_iteration, "predict s/case": round(seconds_per_case, 3)}
 
 
 def plans_file_ending(raw: Path) -> str:

@@ -21,6 +21,7 @@ from planning.budget import ComputeBudget, estimate_seconds_per_iteration
 logger = logging.getLogger(__name__)
 
 DEFAULT_PLANS_NAME = "dnnunetPlans"
+DEFAULT_TIMESTEPS = 5  # methods.md: T = 5 for training and sampling
 
 
 class BudgetedPlanner(ExperimentPlanner):
@@ -70,13 +71,32 @@ class BudgetedPlanner(ExperimentPlanner):
         if self.budget.seconds_per_iteration is not None:
             self._fit_time_target(plan, spacing, median_shape, reasons)
         plan["training_budget"] = self._training_schedule(plan, reasons)
+        plan["diffusion"] = self._diffusion_section(plan)
         return plan
 
-    def _cost(self, plan: dict) -> float:
+    def _cost(self, plan: dict, forward_passes: float | None = None, extra_input_channels: int = 0) -> float:
         return estimate_seconds_per_iteration(
-            plan["patch_size"], plan["batch_size"], plan["architecture"]["arch_kwargs"], self._num_input_channels(),
-            len(self.dataset_json["labels"]), self.budget.throughput_gflops, self.forward_passes,
+            plan["patch_size"], plan["batch_size"], plan["architecture"]["arch_kwargs"],
+            self._num_input_channels() + extra_input_channels, len(self.dataset_json["labels"]),
+            self.budget.throughput_gflops, self.forward_passes if forward_passes is None else forward_passes,
             self.budget.iteration_overhead_s)
+
+    def _diffusion_section(self, plan: dict) -> dict:
+        """What the diffusion trainers need, and what they cost under the same schedule as the baseline."""
+        num_classes = len(self.dataset_json["labels"])
+        return {
+            "timesteps": DEFAULT_TIMESTEPS,
+            "sampler": "ddpm",
+            "mask_input_channels": num_classes,
+            "self_condition_input_channels": num_classes,
+            # standard: 1 forward + backward with C more input channels; the other strategies add a
+            # forward pass without gradient (the 4/3 floor); self-conditioning also adds C channels
+            "estimated_seconds_per_iteration": {
+                "standard": round(self._cost(plan, 1.0, num_classes), 4),
+                "recycle": round(self._cost(plan, 2.0, num_classes), 4),
+                "self_condition": round(self._cost(plan, 2.0, 2 * num_classes), 4),
+            },
+        }
 
     def _num_input_channels(self) -> int:
         return len(self.dataset_json["channel_names"])

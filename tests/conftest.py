@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +20,36 @@ def nnunet_dirs(tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(d))
         dirs[name] = d
     return dirs
+
+
+DATASET_ID = 511
+TRAINER_DIR = "DnnBaselineTrainer__dnnunetPlans__2d"
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """A generated 2D dataset, planned with the cpu-tiny budget, and fold 0 trained for 2 x 3 iterations."""
+    root = tmp_path_factory.mktemp("e2e")
+    env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        from diffusion_nnunet.cli.main import main
+        from diffusion_nnunet.datasets import make_dataset
+        from planning.budget import get_budget
+        from planning.pipeline import plan_and_preprocess
+
+        raw = make_dataset("synthetic-us2d", Path(env["nnUNet_raw"]), DATASET_ID, num_train=8, num_test=3, seed=1)
+        plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
+        assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-device", "cpu", "--seed", "0"]) == 0
+        yield {"root": root, "env": env, "raw": raw,
+               "model": Path(env["nnUNet_results"]) / raw.name / TRAINER_DIR}
+
+
+@pytest.fixture
+def env(workspace, monkeypatch):
+    for k, v in workspace["env"].items():
+        monkeypatch.setenv(k, v)
+    return workspace
+
+

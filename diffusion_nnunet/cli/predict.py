@@ -14,6 +14,13 @@ def add_arguments(p):
     p.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (faster)")
     p.add_argument("-step", "--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
     p.add_argument("--continue-prediction", action="store_true", help="keep cases already predicted")
+    g = p.add_argument_group("diffusion models")
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="reverse process (default: ddpm)")
+    g.add_argument("--steps", type=int, default=None, help="reverse steps (default: all steps of training)")
+    g.add_argument("--num-samples", type=int, default=None, help="samples averaged per case (default 1)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampler's noise (default 0)")
+    g.add_argument("--save-every-step", action="store_true",
+                   help="also write each step's prediction and probabilities to OUT/steps/step_KK/")
     add_device_argument(p)
 
 
@@ -26,6 +33,9 @@ def run(args):
         raise UserInputError("give a model folder with -m, or -d DATASET (with -c/-tr/-p)")
     folder = args.model or model_folder(args.dataset, args.trainer, args.configuration, args.plans)
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
+    diffusion = {"sampler": args.sampler, "num_steps": args.steps, "num_samples": args.num_samples,
+                 "seed": args.seed, "save_every_step": args.save_every_step or None}
     predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
-                   args.save_probabilities, not args.disable_tta, args.step_size, not args.continue_prediction)
+                   args.save_probabilities, not args.disable_tta, args.step_size, not args.continue_prediction,
+                   diffusion)
     return 0

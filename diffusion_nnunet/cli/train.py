@@ -15,6 +15,12 @@ def add_arguments(p):
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N epochs (default 1)")
     p.add_argument("--skip-validation", action="store_true", help="skip the final validation")
     p.add_argument("--npz", action="store_true", help="save validation probabilities (for ensembles)")
+    g = p.add_argument_group("diffusion trainers")
+    g.add_argument("--timesteps", type=int, default=None, help="T of the noise schedule (default: plans, 5)")
+    g.add_argument("--timestep-sampling", choices=["uniform", "importance"], default=None,
+                   help="how training timesteps are drawn (default uniform)")
+    g.add_argument("--val-sampler", choices=["ddpm", "ddim"], default=None, help="sampler for validation")
+    g.add_argument("--val-sampling-steps", type=int, default=None, help="reverse steps at validation (default T)")
     add_device_argument(p)
     p.epilog = "trainers: see `dnnunet train --list-trainers`"
     p.add_argument("--list-trainers", action="store_true", help="list registered trainers and exit")
@@ -32,6 +38,10 @@ def run(args):
     overrides = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
                  "num_val_iterations_per_epoch": args.val_iterations, "initial_lr": args.lr, "seed": args.seed,
                  "save_every": args.save_every}
+    diffusion = {"timesteps": args.timesteps, "timestep_sampling": args.timestep_sampling,
+                 "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps}
+    if any(v is not None for v in diffusion.values()):
+        overrides["diffusion"] = diffusion
     folder = train_fold(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
                         resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz)
     print(folder)

@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import registry
+from diffusion_nnunet.training.base import DnnTrainer
+from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.utils.atomic import write_json
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.planner import DEFAULT_PLANS_NAME
@@ -92,17 +94,54 @@ class DnnPredictor(nnUNetPredictor):
         trainer_class = trainer_class_for(checkpoint["trainer_name"])
         num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
-                                                           num_outputs, enable_deep_supervision=False)
+        if issubclass(trainer_class, DnnTrainer):
+            config = TrainingConfig.from_dict(checkpoint["init_args"].get("dnnunet_config", {}))
+            network = trainer_class.network_for_inference(plans_manager, configuration_manager, num_inputs,
+                                                          num_outputs, config)
+            trainer_class.configure_predictor(self, config)
+        else:  # a stock nnunetv2 trainer
+            network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
+                                                               num_outputs, enable_deep_supervision=False)
         network.load_state_dict(parameters[0])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                    checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
+
+    def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
+                    save_probabilities: bool) -> None:
+        """Write one case (segmentation, and probabilities if asked) in nnU-Net's formats."""
+        export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                      self.dataset_json, output_truncated, save_probabilities)
+
+
+def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
+                   device: torch.device = torch.device("cpu"), use_mirroring: bool = True,
+                   tile_step_size: float = 0.5, diffusion_options: dict | None = None) -> DnnPredictor:
+    """The predictor a model folder needs (diffusion models sample), initialised from its checkpoints.
+
+    Args:
+        diffusion_options: sampler, num_steps, num_samples, keep_steps, seed (diffusion models only).
+    """
+    first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
+    if first is None:
+        raise UserInputError(f"no fold_*/{checkpoint_name} in {model_dir}: is this a trained nnU-Net model folder?")
+    trainer_class = trainer_class_for(torch.load(first, map_location="cpu", weights_only=False)["trainer_name"])
+    predictor_class = trainer_class.predictor_class() if issubclass(trainer_class, DnnTrainer) else DnnPredictor
+    options = {k: v for k, v in (diffusion_options or {}).items() if v is not None}
+    if options and predictor_class is DnnPredictor:
+        logger.warning("%s is not a diffusion model: ignoring %s", model_dir, sorted(options))
+        options = {}
+    predictor = predictor_class(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False, **options)
+    with nnunet_output_to_log(logger):
+        predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint_name)
+    return predictor
 
 
 def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,
                    checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
                    save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
-                   overwrite: bool = True) -> list[str]:
+                   overwrite: bool = True, diffusion_options: dict | None = None) -> list[str]:
     """Predict every case of `input_dir` (nnU-Net naming: CASE_0000.nii.gz ...) into `output_dir`.
 
     Args:
@@ -116,21 +155,20 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
         use_mirroring: test-time mirroring as nnU-Net does.
         tile_step_size: sliding-window step as a fraction of the patch.
         overwrite: predict cases whose output exists again.
+        diffusion_options: sampler settings for diffusion models (see `load_predictor`).
 
     Returns:
         The case identifiers written.
     """
-    predictor = DnnPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                             perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                             verbose_preprocessing=False, allow_tqdm=False)
-    with nnunet_output_to_log(logger):
-        predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint_name)
+    predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
+                               diffusion_options)
     return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite,
                           arguments={"model": str(model_dir), "folds": folds, "checkpoint": checkpoint_name,
-                                     "use_mirroring": use_mirroring, "tile_step_size": tile_step_size})
+                                     "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
+                                     "diffusion": diffusion_options})
 
 
-def run_prediction(predictor: nnUNetPredictor, input_dir, output_dir, save_probabilities: bool = False,
+def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabilities: bool = False,
                    overwrite: bool = True, arguments: dict | None = None) -> list[str]:
     """The per-case loop shared by every predictor: validate, preprocess, predict, export, move."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -160,11 +198,11 @@ def run_prediction(predictor: nnUNetPredictor, input_dir, output_dir, save_proba
                 data, _, properties = preprocessor.run_case(images, None, predictor.plans_manager,
                                                             predictor.configuration_manager, dataset_json)
                 logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-                export_prediction_from_logits(logits, properties, predictor.configuration_manager,
-                                              predictor.plans_manager, dataset_json, str(staging / case),
-                                              save_probabilities)
-            for produced in staging.iterdir():
-                os.replace(produced, output_dir / produced.name)
+                predictor.export_case(logits, properties, str(staging / case), save_probabilities)
+            for produced in sorted(p for p in staging.rglob("*") if p.is_file()):
+                target = output_dir / produced.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(produced, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         compute_gaussian.cache_clear()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
 from tqdm.auto import tqdm
 
 from diffusion_nnunet.training.config import TrainingConfig
@@ -45,14 +46,24 @@ class DnnTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cpu")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.config: TrainingConfig = TrainingConfig()
+        self.config: TrainingConfig = self.default_config()
         self.seconds_per_iteration: list[float] = []
-        self.apply_config(TrainingConfig())
+        self.apply_config(self.config)
+
+    @classmethod
+    def default_config(cls) -> TrainingConfig:
+        """The config before user overrides: TrainingConfig's defaults plus the registry entry's."""
+        from diffusion_nnunet.training.config import merge_config_values
+        from diffusion_nnunet.training.registry import overrides_for
+
+        return TrainingConfig.from_dict(merge_config_values(TrainingConfig().to_dict(), overrides_for(cls)))
 
     def apply_config(self, config: TrainingConfig) -> None:
         """Resolve `config` against the plans' budget and set nnU-Net's attributes from it."""
         cfg = config.resolved(self.configuration_manager.configuration)
         self.config = cfg
+        # recorded in the checkpoint's init_args, so predictors can rebuild the network the config describes
+        self.my_init_kwargs["dnnunet_config"] = cfg.to_dict()
         self.num_epochs = cfg.num_epochs
         self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = cfg.num_val_iterations_per_epoch
@@ -62,11 +73,62 @@ class DnnTrainer(nnUNetTrainer):
         self.save_every = cfg.save_every
         self.enable_deep_supervision = cfg.deep_supervision
 
+    # ---------------------------------------------------------------- inference hooks
+    @classmethod
+    def network_for_inference(cls, plans_manager, configuration_manager, num_input_channels: int,
+                              num_output_channels: int, config: TrainingConfig):
+        """The network a checkpoint of this trainer holds (config: the checkpoint's)."""
+        return cls.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                              num_output_channels, enable_deep_supervision=False)
+
+    @classmethod
+    def configure_predictor(cls, predictor, config: TrainingConfig) -> None:
+        """Give the predictor what it needs beyond the network (nothing for plain nnU-Net models)."""
+
+    @classmethod
+    def predictor_class(cls) -> type:
+        from diffusion_nnunet.inference.predictor import DnnPredictor
+
+        return DnnPredictor
+
     # ---------------------------------------------------------------- logging
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
         super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
         if self.local_rank == 0:
             logger.debug(" ".join(str(a) for a in args))
+
+    # ---------------------------------------------------------------- training step
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step, split so that subclasses only replace `compute_loss`."""
+        data, target = self._to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        # autocast only on CUDA: on the CPU it is slow, on MPS unsupported (as in nnU-Net)
+        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            loss = self.compute_loss(data, target)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def compute_loss(self, data: torch.Tensor, target) -> torch.Tensor:
+        """The training loss of one batch (nnU-Net: Dice + CE of the network's output)."""
+        return self.loss(self.network(data), target)
+
+    def _to_device(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+        return data, target
 
     # ---------------------------------------------------------------- training loop
     def on_train_start(self):
@@ -146,6 +208,7 @@ class DnnTrainer(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
+        self.my_init_kwargs["dnnunet_config"] = self.config.to_dict()  # the resumed run's config, not the old one
         stats = Path(self.output_folder) / STATS_FILE
         if stats.is_file():
             import json

@@ -13,6 +13,46 @@ from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.utils.atomic import write_json
 
 
+STRATEGIES = ("standard", "self_condition", "recycle_next", "recycle")
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class DiffusionConfig:
+    """Hyper-parameters of the diffusion trainers (methods.md sections 1-3).
+
+    Args:
+        strategy: what the gradient pass sees: standard, self_condition, recycle_next or recycle.
+        timesteps: T of the training schedule (None: the plans' diffusion section, default 5).
+        timestep_sampling: "uniform", or "importance" (p_t ~ sqrt(EMA of loss^2), 1% uniform mix).
+        sampler: sampler used for validation (ddpm or ddim; prediction can choose another).
+        sampling_steps: reverse steps at validation (None: all T).
+        self_condition_probability: chance that the second pass gets the first pass's estimate.
+        time_embed_dim: width of the timestep embedding.
+    """
+
+    strategy: str = "recycle"
+    timesteps: int | None = None
+    timestep_sampling: str = "uniform"
+    sampler: str = "ddpm"
+    sampling_steps: int | None = None
+    self_condition_probability: float = 0.5
+    time_embed_dim: int = 128
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.sampler not in SAMPLERS:
+            raise UserInputError(f"unknown sampler {self.sampler!r}; choose ddpm or ddim")
+        if self.timestep_sampling not in ("uniform", "importance"):
+            raise UserInputError("timestep_sampling must be 'uniform' or 'importance'")
+        if self.timesteps is not None and self.timesteps < 2:
+            raise UserInputError(f"timesteps must be at least 2, got {self.timesteps}")
+        if self.sampling_steps is not None and self.timesteps is not None \
+                and not 1 <= self.sampling_steps <= self.timesteps:
+            raise UserInputError(f"sampling_steps must be in 1..{self.timesteps}, got {self.sampling_steps}")
+
+
 @dataclass
 class TrainingConfig:
     """Hyper-parameters of one training run.
@@ -27,6 +67,7 @@ class TrainingConfig:
         save_every: write `checkpoint_latest.pth` every this many epochs (1: a crash loses at most one epoch).
         seed: seeds python, numpy and torch at the start (None: not seeded).
         deep_supervision: nnU-Net's deep-supervision loss.
+        diffusion: diffusion settings (None for non-diffusion trainers).
     """
 
     num_epochs: int | None = None
@@ -38,6 +79,7 @@ class TrainingConfig:
     save_every: int = 1
     seed: int | None = None
     deep_supervision: bool = True
+    diffusion: DiffusionConfig | None = None
 
     def resolved(self, plans_configuration: dict) -> "TrainingConfig":
         """Fill None values from the configuration's `training_budget` (or nnU-Net's defaults)."""
@@ -47,7 +89,9 @@ class TrainingConfig:
         for key, default in defaults.items():
             if values[key] is None:
                 values[key] = int(budget.get(key, default))
-        out = TrainingConfig(**values)
+        if values["diffusion"] is not None and values["diffusion"]["timesteps"] is None:
+            values["diffusion"]["timesteps"] = int(plans_configuration.get("diffusion", {}).get("timesteps", 5))
+        out = TrainingConfig.from_dict(values)
         out.validate()
         return out
 
@@ -58,16 +102,19 @@ class TrainingConfig:
                 raise UserInputError(f"{key} must be positive, got {value}")
         if self.initial_lr <= 0:
             raise UserInputError(f"initial_lr must be positive, got {self.initial_lr}")
+        if self.diffusion is not None:
+            self.diffusion.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise UserInputError(f"unknown training config keys: {sorted(unknown)}")
+        values = dict(values)
+        _check_keys(cls, values)
+        if isinstance(values.get("diffusion"), dict):
+            _check_keys(DiffusionConfig, values["diffusion"])
+            values["diffusion"] = DiffusionConfig(**values["diffusion"])
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -76,3 +123,22 @@ class TrainingConfig:
     @classmethod
     def load(cls, path: str | Path) -> "TrainingConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _check_keys(cls, values: dict) -> None:
+    unknown = set(values) - {f.name for f in fields(cls)}
+    if unknown:
+        raise UserInputError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+
+
+def merge_config_values(base: dict, overrides: dict) -> dict:
+    """`base` updated by `overrides`, recursing into nested dicts; None overrides are ignored."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config_values(out[key], value)
+        else:
+            out[key] = value
+    return out

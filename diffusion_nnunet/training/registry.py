@@ -15,7 +15,7 @@ from diffusion_nnunet.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
-_BUILTIN_MODULES = ("diffusion_nnunet.training.baseline",)
+_BUILTIN_MODULES = ("diffusion_nnunet.training.baseline", "diffusion_nnunet.training.diffusion")
 ENTRY_POINT_GROUP = "diffusion_nnunet.trainers"
 
 
@@ -50,6 +50,27 @@ def register(name: str, description: str = "", **config_overrides):
         return cls
 
     return decorator
+
+
+def register_variant(base: type, name: str, class_name: str, description: str = "", **config_overrides) -> type:
+    """Register `base` under `name` with config overrides, as a generated subclass named `class_name`.
+
+    nnU-Net names result folders (and checkpoints' `trainer_name`) after the trainer class; a
+    generated subclass with no code of its own keeps the folders of variants apart while all
+    behaviour stays in `base` and the values in the config.
+    """
+    cls = type(class_name, (base,), {"__module__": base.__module__,
+                                     "__doc__": f"{base.__name__} with {config_overrides} (registered as {name!r})."})
+    register(name, description, **config_overrides)(cls)
+    return cls
+
+
+def overrides_for(cls: type) -> dict:
+    """Config overrides registered for this exact class (empty for unregistered classes)."""
+    for entry in _REGISTRY.values():
+        if entry.cls is cls:
+            return dict(entry.config_overrides)
+    return {}
 
 
 def _load() -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import CONFIG_FILE
-from diffusion_nnunet.training.config import TrainingConfig
+from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
 from planning.pipeline import preprocessed_plans_file
 from planning.planner import DEFAULT_PLANS_NAME
 from planning.validate import find_dataset_folder
@@ -80,13 +79,14 @@ def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str =
     """
     entry, trainer_obj = build_trainer(dataset, configuration, fold, trainer, plans_name, device, continue_training)
     fold_folder = Path(trainer_obj.output_folder)
-    values = dict(entry.config_overrides)
+    values = trainer_obj.config.to_dict()  # the trainer's defaults (its registry entry included)
     saved = fold_folder / CONFIG_FILE
     if continue_training and saved.is_file():
-        values.update(TrainingConfig.load(saved).to_dict())
-    values.update({k: v for k, v in (config_overrides or {}).items() if v is not None})
-    known = {f.name for f in fields(TrainingConfig)}
-    trainer_obj.apply_config(TrainingConfig(**{k: v for k, v in values.items() if k in known}))
+        values = TrainingConfig.load(saved).to_dict()
+    if (config_overrides or {}).get("diffusion") and values.get("diffusion") is None:
+        raise UserInputError(f"diffusion options were given, but {trainer!r} is not a diffusion trainer")
+    values = merge_config_values(values, config_overrides or {})
+    trainer_obj.apply_config(TrainingConfig.from_dict(values))
 
     if continue_training:
         for stale in fold_folder.glob(".checkpoint_*.tmp*"):  # left by a kill during a checkpoint write

@@ -132,3 +132,16 @@ def test_smaller_time_target_never_gives_a_costlier_plan(nnunet_dirs):
         costs.append(cfg["training_budget"]["estimated_seconds_per_iteration"])
         assert costs[-1] <= seconds
     assert costs[0] >= costs[1] >= costs[2]
+
+
+def test_plans_carry_a_diffusion_section_with_its_cost(nnunet_dirs):
+    name = _fake_dataset(nnunet_dirs, "Dataset905_Flat", (1, 128, 128), (999.0, 0.3, 0.3))
+    cfg = _plan(name, "cpu-small")["configurations"]["2d"]
+    diff = cfg["diffusion"]
+    assert diff["timesteps"] == 5 and diff["sampler"] == "ddpm"
+    assert diff["mask_input_channels"] == 3  # one per class, background included
+    est = diff["estimated_seconds_per_iteration"]
+    base = cfg["training_budget"]["estimated_seconds_per_iteration"]
+    # extra mask channels cost a little; the no-gradient pass adds at most a third of the network cost
+    assert base < est["standard"] < est["recycle"] <= base + (est["standard"] - 0.03) * 4 / 3
+    assert est["self_condition"] > est["recycle"]

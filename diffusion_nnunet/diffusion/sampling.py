@@ -1,0 +1,165 @@
+"""Reverse-process samplers (methods.md sections 3 and 4): DDPM, DDIM (eta = 0), PD-DDPM start.
+
+One loop serves all of them. With ``sched`` the sampling schedule (the training schedule, or its
+re-spaced sub-sequence when ``num_steps`` is given) and ``k`` the start index in it, each step
+``i = k, k-1, ..., 0`` does::
+
+    logits = denoise(m_i, t_net_i)            # m_i = (clip(x_i, -1, 1) + 1) / 2
+    p_i    = softmax(logits, dim=1)           # the step's probabilities (per_step[...])
+    x0_hat = 2 p_i - 1
+    x_{i-1} = ddpm_step / ddim_step(x0_hat, x_i, i)
+
+``t_net_i = sched.network_time(i)`` carries the ORIGINAL training index of step i. The result is
+``p_0``, the last step's probabilities (the final state ``x_{-1}`` equals ``2 p_0 - 1`` for both
+samplers, so it carries nothing more).
+
+Start state (conventions chosen here):
+
+* ``start_step`` counts in the sampling sequence (0..n-1 with n the number of sampling steps);
+  None means ``n - 1`` (full sampling). Starting at ``k`` runs exactly ``k + 1`` denoiser calls.
+* ``x_start`` given: it is the state at ``start_step`` as is.
+* else ``x0_start`` given (PD-DDPM): ``x_k = q_sample(x0_start, k)`` with eps drawn from
+  ``generator`` (``x0_start`` in [-1, 1], e.g. ``pre_segmentation_x0(p)``).
+* else ``x_{n-1} ~ N(0, I)`` from ``generator``; a start below ``n - 1`` then needs one of the two.
+
+Random draws, in order: the start noise (unless ``x_start``), then one N(0, I) per DDPM step
+with ``i > 0``; DDIM draws nothing after the start. Hence a PD-DDPM start at ``k = n - 1`` equals
+full sampling started from the same ``x_{n-1}`` with the generator in the same state (tested).
+
+Self-conditioning at inference (Chen et al. 2022): with ``self_condition=True`` the denoiser is
+called as ``denoise(m_i, t_net_i, sc_i)`` with ``sc`` zeros at the first step run and the previous
+step's estimate mapped to [0, 1], ``(x0_hat_prev + 1) / 2 = p_prev``, afterwards.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input
+
+__all__ = ["SAMPLERS", "SamplingResult", "sample", "pre_segmentation_x0"]
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class SamplingResult:
+    """Output of ``sample``.
+
+    Args:
+        probabilities: softmax of the last step's logits, (B, C, *spatial).
+        per_step: softmax probabilities after every step run, first = first step run (the
+            noisiest); ``per_step[-1] is probabilities``. None unless ``keep_steps``.
+        steps_run: original training-step indices visited, descending (ends with the index of
+            the sampling schedule's step 0, i.e. 0).
+    """
+
+    probabilities: Tensor
+    per_step: list[Tensor] | None
+    steps_run: list[int]
+
+
+def pre_segmentation_x0(probabilities: Tensor, soft: bool = False) -> Tensor:
+    """PD-DDPM start estimate from a pre-segmentation's class probabilities.
+
+    Args:
+        probabilities: (B, C, *spatial) class probabilities of the pre-segmentation network.
+        soft: use ``2 p - 1`` instead of the default ``2 onehot(argmax p) - 1``.
+
+    Returns:
+        x0_pre in [-1, 1], same shape (float).
+    """
+    p = probabilities if probabilities.is_floating_point() else probabilities.float()
+    if soft:
+        return 2.0 * p - 1.0
+    hard = torch.zeros_like(p).scatter_(1, p.argmax(1, keepdim=True), 1.0)
+    return 2.0 * hard - 1.0
+
+
+@torch.no_grad()
+def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule, sampler: str = "ddpm",
+           num_steps: int | None = None, start_step: int | None = None, x0_start: Tensor | None = None,
+           generator: torch.Generator | None = None, keep_steps: bool = False, device=None,
+           dtype: torch.dtype = torch.float32, self_condition: bool = False,
+           x_start: Tensor | None = None) -> SamplingResult:
+    """Sample a segmentation by running the reverse process (see module docstring).
+
+    Args:
+        denoise: ``denoise(m_t, t_net) -> logits`` (or ``denoise(m_t, t_net, sc)`` with
+            ``self_condition``); ``m_t`` (B, C, *spatial) in [0, 1], ``t_net`` float32 (B,) in
+            (0, 1], logits (B, C, *spatial). The caller adds the image channels.
+        shape: (B, C, *spatial) of the state.
+        schedule: the training schedule.
+        sampler: "ddpm" (ancestral) or "ddim" (deterministic, eta = 0).
+        num_steps: number of sampling steps: ``schedule.respace(num_steps)``; None = all.
+        start_step: index in the sampling sequence to start at (None = the last, full sampling);
+            runs ``start_step + 1`` steps.
+        x0_start: PD-DDPM start estimate in [-1, 1], noised to ``start_step``.
+        generator: random generator (on ``device``) for all draws; same seed, same result.
+        keep_steps: keep every step's probabilities in ``per_step`` (memory: one state per step).
+        device: device of the state; default that of ``x_start``/``x0_start``, else CPU.
+        dtype: floating dtype of the state and of the probabilities.
+        self_condition: call the denoiser with the self-conditioning channels.
+        x_start: explicit state at ``start_step`` (overrides noise and ``x0_start``).
+
+    Returns:
+        SamplingResult.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    sched = schedule if num_steps is None else schedule.respace(int(num_steps))
+    n = sched.num_steps
+    k = n - 1 if start_step is None else int(start_step)
+    if not 0 <= k < n:
+        raise ValueError(f"start_step {k} outside the sampling sequence 0..{n - 1}")
+    shape = tuple(int(s) for s in shape)
+    if device is None:
+        device = next((s.device for s in (x_start, x0_start) if s is not None), torch.device("cpu"))
+
+    if x_start is not None:
+        x = _checked(x_start, shape, "x_start").to(device=device, dtype=dtype)
+    elif x0_start is not None:
+        x = sched.q_sample(_checked(x0_start, shape, "x0_start").to(device=device, dtype=dtype), k,
+                           generator=generator)
+    elif k == n - 1:
+        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    else:
+        raise ValueError(f"start_step {k} < {n - 1} needs x0_start (PD-DDPM) or x_start")
+
+    log.debug("%s sampling: %d of %d steps, start %d, original indices %s", sampler, k + 1, n, k,
+              sched.timesteps[: k + 1].tolist()[::-1][:8])
+    batch = shape[0]
+    sc = torch.zeros(shape, device=device, dtype=dtype) if self_condition else None
+    per_step: list[Tensor] | None = [] if keep_steps else None
+    steps_run: list[int] = []
+    probs = None
+    for i in range(k, -1, -1):
+        t_net = sched.network_time(torch.full((batch,), i, dtype=torch.long, device=device))
+        m_t = network_mask_input(x)
+        logits = denoise(m_t, t_net, sc) if self_condition else denoise(m_t, t_net)
+        if tuple(logits.shape) != shape:
+            raise ValueError(f"denoise returned shape {tuple(logits.shape)}, expected {shape}")
+        probs = torch.softmax(logits.to(dtype), dim=1)
+        x0_hat = 2.0 * probs - 1.0
+        if sampler == "ddpm":
+            x = sched.ddpm_step(x0_hat, x, i, generator=generator)
+        else:
+            x = sched.ddim_step(x0_hat, x, i)
+        if self_condition:
+            sc = probs  # == (x0_hat + 1) / 2
+        if per_step is not None:
+            per_step.append(probs)
+        steps_run.append(int(sched.timesteps[i]))
+    return SamplingResult(probabilities=probs, per_step=per_step, steps_run=steps_run)
+
+
+def _checked(t: Tensor, shape: tuple, name: str) -> Tensor:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
+    return t
