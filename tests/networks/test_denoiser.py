@@ -300,3 +300,26 @@ def test_cuda_forward_backward():
         out = net(x, torch.rand(2, device="cuda"))
     sum(o.float().mean() for o in out).backward()
     assert out[0].device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", ["2d", "3d_fullres"])
+def test_fused_instance_norm_film_equals_norm_then_film(name, monkeypatch):
+    """The fused path (FiLM folded into instance norm's affine) computes the same values and gradients."""
+    import diffusion_nnunet.networks.denoiser as denoiser_module
+
+    net = _build(name)
+    _perturb_time_layers(net)
+    x, t = _input(net, name), torch.tensor([0.2, 0.9])
+
+    def run():
+        net.zero_grad()
+        out = net(x, t)
+        sum(o.square().mean() for o in out).backward()
+        return out[0].detach(), [p.grad.clone() for p in net.time_parameters()]
+
+    fused_out, fused_grads = run()
+    monkeypatch.setattr(denoiser_module, "_fusable_instance_norm", lambda module: False)
+    plain_out, plain_grads = run()
+    torch.testing.assert_close(fused_out, plain_out, rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
