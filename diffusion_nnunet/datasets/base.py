@@ -80,3 +80,23 @@ def case_rng(seed: int, split: Split, index: int) -> np.random.Generator:
         index: case index within the split.
     """
     return np.random.default_rng([int(seed), 0 if split == "Tr" else 1, int(index)])
+
+
+def simulated_cases(prefix: str, simulate: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
+                    spacing) -> Callable[[int | None, int | None, int], Iterator[Case]]:
+    """The `cases` function of a generator that simulates one case per random stream.
+
+    Args:
+        prefix: case names are ``{prefix}_tr_0000`` ... and ``{prefix}_ts_0000`` ...
+        simulate: draws (image, label) from a case's random generator.
+        spacing: voxel spacing of every case.
+    """
+
+    def cases(num_train: int | None, num_test: int | None, seed: int) -> Iterator[Case]:
+        counts: dict[Split, int] = {"Tr": int(num_train or 0), "Ts": int(num_test or 0)}
+        for split, count in counts.items():
+            for index in range(count):
+                image, label = simulate(case_rng(seed, split, index))
+                yield Case(f"{prefix}_{split.lower()}_{index:04d}", split, (image,), label, spacing)
+
+    return cases
