@@ -29,6 +29,7 @@ from diffusion_nnunet.training.config import DiffusionConfig, TrainingConfig
 from diffusion_nnunet.training.registry import register_variant
 from diffusion_nnunet.training.timestep_sampling import TimestepSampler
 from diffusion_nnunet.utils.atomic import write_json
+from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -169,10 +170,11 @@ class DnnDiffusionTrainer(DnnTrainer):
 
         self.set_deep_supervision_enabled(False)
         self.network.eval()
-        predictor = DiffusionPredictor(sampler=self.diffusion.sampler, num_steps=self.diffusion.sampling_steps,
-                                       keep_steps=True, seed=0, tile_step_size=0.5, use_gaussian=True,
-                                       use_mirroring=False, perform_everything_on_device=self.device.type == "cuda",
-                                       device=self.device, verbose=False, allow_tqdm=False)
+        with nnunet_output_to_log(logger):
+            predictor = DiffusionPredictor(sampler=self.diffusion.sampler, num_steps=self.diffusion.sampling_steps,
+                                           keep_steps=True, seed=0, tile_step_size=0.5, use_gaussian=True,
+                                           use_mirroring=False, device=self.device, verbose=False, allow_tqdm=False,
+                                           perform_everything_on_device=self.device.type == "cuda")
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)

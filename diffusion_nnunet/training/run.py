@@ -12,6 +12,7 @@ from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import CONFIG_FILE
 from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
+from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.pipeline import preprocessed_plans_file
 from planning.planner import DEFAULT_PLANS_NAME
 from planning.validate import find_dataset_folder
@@ -53,7 +54,8 @@ def build_trainer(dataset: str, configuration: str, fold: int | str, trainer: st
     plans["continue_training"] = continue_training
     entry = registry.get(trainer)
     fold = fold if fold == "all" else int(fold)
-    return entry, entry.cls(plans, configuration, fold, dataset_json, device)
+    with nnunet_output_to_log(logger):  # nnU-Net prints its device and citation banner
+        return entry, entry.cls(plans, configuration, fold, dataset_json, device)
 
 
 def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
