@@ -45,6 +45,10 @@ class DnnTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cpu")):
+        if device.type == "cpu":
+            # nnunetv2's augmentation worker processes cost more than they give on a few cores
+            # (measured: 0.18 vs 0.13 s/iteration for the demo plan on 2 cores)
+            os.environ.setdefault("nnUNet_n_proc_DA", "0")
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.config: TrainingConfig = self.default_config()
         self.seconds_per_iteration: list[float] = []

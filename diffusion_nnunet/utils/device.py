@@ -1,8 +1,6 @@
 """Pick the torch device; nnunetv2 defaults to CUDA, which fails on CPU-only machines."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from diffusion_nnunet.errors import UserInputError
@@ -27,8 +25,4 @@ def resolve_device(name: str | None = None) -> torch.device:
         raise UserInputError("-device mps was requested but MPS is not available")
     if name not in ("cpu", "cuda", "mps"):
         raise UserInputError(f"unknown device {name!r}; use cpu, cuda, mps or auto")
-    if name == "cpu":
-        # nnunetv2's background augmentation workers cost more than they give on small CPUs.
-        os.environ.setdefault("nnUNet_n_proc_DA", "0")
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
     return torch.device(name)
