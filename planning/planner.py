@@ -87,6 +87,8 @@ class BudgetedPlanner(ExperimentPlanner):
         return {
             "timesteps": DEFAULT_TIMESTEPS,
             "sampler": "ddpm",
+            # PD-DDPM: start from the nnU-Net pre-segmentation with at most 40 % of the reverse steps
+            "start_step": max(0, int(0.4 * DEFAULT_TIMESTEPS) - 1),
             "mask_input_channels": num_classes,
             "self_condition_input_channels": num_classes,
             # standard: 1 forward + backward with C more input channels; the other strategies add a

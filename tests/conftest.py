@@ -53,3 +53,19 @@ def env(workspace, monkeypatch):
     return workspace
 
 
+
+
+RECYCLE_DIR = "DnnDiffusionTrainer_recycle__dnnunetPlans__2d"
+
+
+@pytest.fixture(scope="session")
+def recycle_model(workspace):
+    """The `recycle` diffusion trainer on the same tiny dataset (2 epochs x 3 iterations)."""
+    from diffusion_nnunet.cli.main import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in workspace["env"].items():
+            mp.setenv(k, v)
+        assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "recycle", "-device", "cpu",
+                     "--seed", "0"]) == 0
+    return Path(workspace["env"]["nnUNet_results"]) / workspace["raw"].name / RECYCLE_DIR

@@ -14,19 +14,6 @@ from tests.conftest import DATASET_ID
 
 pytestmark = pytest.mark.slow
 
-RECYCLE_DIR = "DnnDiffusionTrainer_recycle__dnnunetPlans__2d"
-
-
-@pytest.fixture(scope="module")
-def recycle_model(workspace):
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in workspace["env"].items():
-            mp.setenv(k, v)
-        assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "recycle", "-device", "cpu",
-                     "--seed", "0"]) == 0
-    return Path(workspace["env"]["nnUNet_results"]) / workspace["raw"].name / RECYCLE_DIR
-
-
 def _read(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -73,10 +60,21 @@ def test_ddim_with_fewer_steps_and_several_samples(env, recycle_model, tmp_path)
     out = tmp_path / "ddim"
     assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "recycle",
                  "-f", "0", "-device", "cpu", "--sampler", "ddim", "--steps", "3", "--num-samples", "2",
-                 "--save-every-step", "--disable-tta"]) == 0
+                 "--save-every-step", "--disable-tta", "--overview-png"]) == 0
     assert len(list((out / "steps").glob("step_*"))) == 3
     args = json.loads((out / "predict_args.json").read_text())
     assert args["diffusion"]["sampler"] == "ddim" and args["diffusion"]["num_samples"] == 2
+    # two samples: uncertainty maps in the segmentation's geometry, beside (not among) the predictions
+    for seg_file in out.glob("*.nii.gz"):
+        case = seg_file.name[:-len(".nii.gz")]
+        seg = sitk.ReadImage(str(seg_file))
+        for kind in ("entropy", "variance", "mi"):
+            img = sitk.ReadImage(str(out / "uncertainty" / f"{case}_{kind}.nii.gz"))
+            assert img.GetSize() == seg.GetSize() and img.GetSpacing() == seg.GetSpacing()
+            values = sitk.GetArrayFromImage(img)
+            assert values.min() >= 0 and values.max() <= np.log(3) + 1e-4
+        assert (out / "uncertainty" / f"{case}_overview.png").is_file()
+    assert main(["evaluate", "-ref", str(raw / "labelsTs"), "-pred", str(out)]) == 0
 
 
 def test_too_many_steps_is_a_clear_error(env, recycle_model, tmp_path, capsys):

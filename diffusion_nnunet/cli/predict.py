@@ -17,14 +17,29 @@ def add_arguments(p):
     g = p.add_argument_group("diffusion models")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="reverse process (default: ddpm)")
     g.add_argument("--steps", type=int, default=None, help="reverse steps (default: all steps of training)")
-    g.add_argument("--num-samples", type=int, default=None, help="samples averaged per case (default 1)")
+    g.add_argument("--num-samples", type=int, default=None,
+                   help="samples averaged per case (default 1); above 1, uncertainty maps are written to "
+                        "OUT/uncertainty/ (entropy, variance, mutual information)")
     g.add_argument("--seed", type=int, default=None, help="seed of the sampler's noise (default 0)")
     g.add_argument("--save-every-step", action="store_true",
                    help="also write each step's prediction and probabilities to OUT/steps/step_KK/")
+    g.add_argument("--overview-png", action="store_true",
+                   help="with --num-samples > 1: a PNG per case (image, prediction, entropy)")
+    pd = p.add_argument_group("PD-DDPM (start from a pre-segmentation)")
+    src = pd.add_mutually_exclusive_group()
+    src.add_argument("--presegmenter", default=None,
+                     help="nnU-Net model folder (ours or stock nnunetv2) that pre-segments first")
+    src.add_argument("--presegmentation", default=None,
+                     help="folder of existing pre-segmentations (CASE.npz probabilities or label maps)")
+    pd.add_argument("--start-step", type=int, default=None,
+                    help="noise the pre-segmentation to this step and run only steps k..0")
+    pd.add_argument("--soft-start", action="store_true", help="start from 2p-1 instead of the argmax")
     add_device_argument(p)
 
 
 def run(args):
+    from pathlib import Path
+
     from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.inference.predictor import model_folder, predict_folder
     from diffusion_nnunet.utils.device import resolve_device
@@ -34,7 +49,12 @@ def run(args):
     folder = args.model or model_folder(args.dataset, args.trainer, args.configuration, args.plans)
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
     diffusion = {"sampler": args.sampler, "num_steps": args.steps, "num_samples": args.num_samples,
-                 "seed": args.seed, "save_every_step": args.save_every_step or None}
+                 "seed": args.seed, "save_every_step": args.save_every_step or None,
+                 "presegmenter": args.presegmenter, "presegmentation": args.presegmentation,
+                 "start_step": args.start_step, "soft_start": args.soft_start or None}
+    if args.overview_png:
+        images = Path(args.input)
+        diffusion["overview_png_for"] = lambda case: next(images.glob(f"{case}_0000.*"))
     predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
                    args.save_probabilities, not args.disable_tta, args.step_size, not args.continue_prediction,
                    diffusion)

@@ -106,6 +106,13 @@ class DnnPredictor(nnUNetPredictor):
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                    checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
 
+    def check_cases(self, cases: list[str]) -> None:
+        """Refuse, before any compute, inputs this predictor cannot use (none beyond the images here)."""
+
+    def prepare_case(self, case: str, data: torch.Tensor, properties: dict) -> torch.Tensor:
+        """The network input of one preprocessed case (the image; subclasses may add channels)."""
+        return data
+
     def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
                     save_probabilities: bool) -> None:
         """Write one case (segmentation, and probabilities if asked) in nnU-Net's formats."""
@@ -119,7 +126,8 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
     """The predictor a model folder needs (diffusion models sample), initialised from its checkpoints.
 
     Args:
-        diffusion_options: sampler, num_steps, num_samples, keep_steps, seed (diffusion models only).
+        diffusion_options: DiffusionPredictor's arguments (sampler, num_steps, num_samples, seed,
+            save_every_step, presegmentation, start_step, soft_start); diffusion models only.
     """
     first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
     if first is None:
@@ -155,17 +163,28 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
         use_mirroring: test-time mirroring as nnU-Net does.
         tile_step_size: sliding-window step as a fraction of the patch.
         overwrite: predict cases whose output exists again.
-        diffusion_options: sampler settings for diffusion models (see `load_predictor`).
+        diffusion_options: sampler settings for diffusion models (see `load_predictor`); with
+            `presegmenter` (a model folder), that model predicts first, into OUT/presegmentation,
+            and its probabilities start PD-DDPM.
 
     Returns:
         The case identifiers written.
     """
+    diffusion_options = dict(diffusion_options or {})
+    presegmenter = diffusion_options.pop("presegmenter", None)
+    if presegmenter is not None:  # PD-DDPM: the nnU-Net model's probabilities are the starting point
+        pre_dir = Path(output_dir) / "presegmentation"
+        logger.info("pre-segmenting with %s into %s", presegmenter, pre_dir)
+        predict_folder(presegmenter, input_dir, pre_dir, None, checkpoint_name, device, True, use_mirroring,
+                       tile_step_size, overwrite)
+        diffusion_options["presegmentation"] = pre_dir
     predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
                                diffusion_options)
     return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite,
                           arguments={"model": str(model_dir), "folds": folds, "checkpoint": checkpoint_name,
                                      "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-                                     "diffusion": diffusion_options})
+                                     "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                   for k, v in diffusion_options.items() if v is not None}})
 
 
 def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabilities: bool = False,
@@ -175,6 +194,7 @@ def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabil
     dataset_json = predictor.dataset_json
     ending = dataset_json["file_ending"]
     cases = validate_prediction_inputs(input_dir, dataset_json["channel_names"], ending)
+    predictor.check_cases(cases)
     num_channels = len(dataset_json["channel_names"])
     output_dir.mkdir(parents=True, exist_ok=True)
     if not overwrite:
@@ -197,7 +217,8 @@ def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabil
             with nnunet_output_to_log(logger):
                 data, _, properties = preprocessor.run_case(images, None, predictor.plans_manager,
                                                             predictor.configuration_manager, dataset_json)
-                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+                data = predictor.prepare_case(case, torch.from_numpy(data), properties)
+                logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
                 predictor.export_case(logits, properties, str(staging / case), save_probabilities)
             for produced in sorted(p for p in staging.rglob("*") if p.is_file()):
                 target = output_dir / produced.relative_to(staging)

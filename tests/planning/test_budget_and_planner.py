@@ -138,7 +138,7 @@ def test_plans_carry_a_diffusion_section_with_its_cost(nnunet_dirs):
     name = _fake_dataset(nnunet_dirs, "Dataset905_Flat", (1, 128, 128), (999.0, 0.3, 0.3))
     cfg = _plan(name, "cpu-small")["configurations"]["2d"]
     diff = cfg["diffusion"]
-    assert diff["timesteps"] == 5 and diff["sampler"] == "ddpm"
+    assert diff["timesteps"] == 5 and diff["sampler"] == "ddpm" and diff["start_step"] == 1
     assert diff["mask_input_channels"] == 3  # one per class, background included
     est = diff["estimated_seconds_per_iteration"]
     base = cfg["training_budget"]["estimated_seconds_per_iteration"]

@@ -1,0 +1,90 @@
+"""PD-DDPM: sampling starts from a pre-segmentation noised to step k (methods.md section 4)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from diffusion_nnunet.cli.main import main
+from diffusion_nnunet.inference.predictor import load_predictor, run_prediction
+from tests.conftest import DATASET_ID
+
+pytestmark = pytest.mark.slow
+
+
+def _read(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+class TrustingDenoiser(torch.nn.Module):
+    """A 'perfect' denoiser for a known answer: it returns its (lightly noised) mask input as logits."""
+
+    def __init__(self, num_image_channels: int, num_classes: int):
+        super().__init__()
+        self.n, self.c = num_image_channels, num_classes
+
+    def forward(self, x, t):
+        return 50.0 * (2 * x[:, self.n:self.n + self.c] - 1)
+
+
+def test_pd_ddpm_with_a_perfect_denoiser_returns_the_presegmentation(env, recycle_model, tmp_path):
+    """Ground-truth label maps as the pre-segmentation, k = 0: the output must be exactly those labels,
+    through preprocessing (crop, resample), the sliding window and the export back."""
+    raw = env["raw"]
+    predictor = load_predictor(recycle_model, [0], device=torch.device("cpu"), use_mirroring=False,
+                               diffusion_options={"presegmentation": raw / "labelsTs", "start_step": 0})
+    predictor.network = TrustingDenoiser(1, 3)
+    predictor.list_of_parameters = [predictor.network.state_dict()]
+    cases = run_prediction(predictor, raw / "imagesTs", tmp_path / "out")
+    assert len(cases) == 3
+    for case in cases:
+        np.testing.assert_array_equal(_read(tmp_path / "out" / f"{case}.nii.gz"),
+                                      _read(raw / "labelsTs" / f"{case}.nii.gz"))
+
+
+def test_start_step_runs_only_k_plus_one_steps(env, recycle_model, tmp_path):
+    raw = env["raw"]
+    out = tmp_path / "pd"
+    assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "recycle",
+                 "-f", "0", "-device", "cpu", "--disable-tta", "--presegmentation", str(raw / "labelsTs"),
+                 "--start-step", "1", "--save-every-step"]) == 0
+    assert [p.name for p in sorted((out / "steps").glob("step_*"))] == ["step_00", "step_01"]
+
+
+def test_presegmenter_can_be_a_stock_nnunet_model_folder(env, recycle_model, tmp_path):
+    """`--presegmenter` runs any nnU-Net v2 model folder first (here one with a stock trainer name)."""
+    stock = tmp_path / "nnUNetTrainer__dnnunetPlans__2d"
+    (stock / "fold_0").mkdir(parents=True)
+    for f in ("plans.json", "dataset.json"):
+        shutil.copy(env["model"] / f, stock / f)
+    ckpt = torch.load(env["model"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt["trainer_name"] = "nnUNetTrainer"
+    torch.save(ckpt, stock / "fold_0" / "checkpoint_final.pth")
+    raw, out = env["raw"], tmp_path / "pd"
+    assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "recycle",
+                 "-f", "0", "-device", "cpu", "--disable-tta", "--presegmenter", str(stock), "--start-step", "1",
+                 "--soft-start", "--save-probabilities"]) == 0
+    cases = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert len(cases) == 3
+    assert sorted(p.name for p in (out / "presegmentation").glob("*.npz")) == \
+        sorted(c.replace(".nii.gz", ".npz") for c in cases)
+
+
+def test_missing_presegmentation_is_a_clear_error(env, recycle_model, tmp_path, capsys):
+    raw = env["raw"]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    first = sorted((raw / "labelsTs").glob("*.nii.gz"))[0]
+    shutil.copy(first, partial / first.name)
+    assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "o"), "-d", str(DATASET_ID),
+                 "-tr", "recycle", "-f", "0", "-device", "cpu", "--presegmentation", str(partial),
+                 "--start-step", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no pre-segmentation for case(s)" in err and str(partial) in err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.nii.gz"))  # refused before any compute
+    assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "o2"), "-d", str(DATASET_ID),
+                 "-tr", "recycle", "-f", "0", "-device", "cpu", "--start-step", "1"]) == 2
+    assert "--start-step needs a pre-segmentation" in capsys.readouterr().err
