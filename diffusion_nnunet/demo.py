@@ -1,5 +1,7 @@
 """The demo: generate a dataset, plan with a budget, train the nnU-Net baseline and the recycling
-diffusion model, predict the test images, ensemble both, evaluate, and show one table and one picture.
+diffusion model, predict the test images with both, with PD-DDPM (the diffusion model started from
+nnU-Net's prediction, 4 samples with uncertainty maps) and with the ensemble of both, evaluate,
+and show one table and one picture.
 
 Each stage is skipped when its output already exists (so a second `make demo` is quick and an
 interrupted one picks up where it stopped); `--fresh` starts over.
@@ -86,24 +88,30 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     plans = plan_and_preprocess(str(dataset_id), budget, num_processes=2)
     configuration = _configuration(plans)
 
-    rows, predictions = [], {}
+    rows, predictions, fold_dirs = [], {}, {}
+
+    def evaluated(label: str, folder: str, predict, seconds_per_iteration=None) -> None:
+        predictions[label] = out / "predictions" / folder
+        start = time.perf_counter()
+        cases = predict(predictions[label])
+        per_case = (time.perf_counter() - start) / max(1, len(cases))
+        rows.append(_row(label, raw, predictions[label], out, seconds_per_iteration, per_case))
+
     for trainer, label in METHODS:
-        fold_dir = _train(trainer, raw, configuration, settings, device)
-        stats_file = fold_dir / "training_stats.json"
+        fold_dirs[trainer] = _train(trainer, raw, configuration, settings, device)
+        stats_file = fold_dirs[trainer] / "training_stats.json"
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
         logger.info("[4/5] predicting imagesTs with %s", trainer)
-        predictions[label] = out / "predictions" / trainer
-        start = time.perf_counter()
-        cases = predict_folder(fold_dir.parent, raw / "imagesTs", predictions[label], folds=[settings.fold],
-                               device=device, save_probabilities=True)
-        rows.append(_row(label, raw, predictions[label], out, stats.get("median_seconds_per_iteration"),
-                         (time.perf_counter() - start) / max(1, len(cases))))
-
-    label = "ensemble (nnU-Net + diffusion)"
-    predictions[label] = out / "predictions" / "ensemble"
-    start = time.perf_counter()
-    cases = ensemble_folders([predictions[m[1]] for m in METHODS], predictions[label])
-    rows.append(_row(label, raw, predictions[label], out, None, (time.perf_counter() - start) / max(1, len(cases))))
+        evaluated(label, trainer, lambda o, t=trainer: predict_folder(
+            fold_dirs[t].parent, raw / "imagesTs", o, folds=[settings.fold], device=device, save_probabilities=True),
+            stats.get("median_seconds_per_iteration"))
+    nnunet_predictions = predictions[METHODS[0][1]]
+    logger.info("[4/5] PD-DDPM from the nnU-Net predictions, and the ensemble")
+    evaluated("PD-DDPM (nnU-Net start, 4 samples)", "pd_ddpm", lambda o: predict_folder(
+        fold_dirs["recycle"].parent, raw / "imagesTs", o, folds=[settings.fold], device=device,
+        diffusion_options={"presegmentation": nnunet_predictions, "num_samples": 4}))
+    evaluated("ensemble (nnU-Net + diffusion)", "ensemble",
+              lambda o: ensemble_folders([predictions[m[1]] for m in METHODS], o))
 
     logger.info("[5/5] writing the table and the picture")
     columns = list(rows[0])
