@@ -142,7 +142,7 @@ def _check_inputs(input_dirs: Sequence[Path], output_dir: Path, weights: Sequenc
     for d in input_dirs:
         for c in cases:
             if not (d / f"{c}.pkl").is_file():
-                raise InvalidDataError(d / f"{c}.pkl", f"missing: every .npz needs its .pkl (properties) file")
+                raise InvalidDataError(d / f"{c}.pkl", "missing: every .npz needs its .pkl (properties) file")
 
     # nnU-Net objects: reader/writer and label manager
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,17 @@ def recycle_model(workspace):
         assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "recycle", "-device", "cpu",
                      "--seed", "0"]) == 0
     return Path(workspace["env"]["nnUNet_results"]) / workspace["raw"].name / RECYCLE_DIR
+
+
+def stock_copy(model: Path, parent: Path) -> Path:
+    """A results folder as stock nnunetv2 would write it (trainer_name nnUNetTrainer) from our model's fold 0."""
+    import torch
+
+    stock = parent / "nnUNetTrainer__dnnunetPlans__2d"
+    (stock / "fold_0").mkdir(parents=True)
+    for f in ("plans.json", "dataset.json"):
+        shutil.copy(model / f, stock / f)
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt["trainer_name"] = "nnUNetTrainer"
+    torch.save(ckpt, stock / "fold_0" / "checkpoint_final.pth")
+    return stock

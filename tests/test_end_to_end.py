@@ -22,7 +22,7 @@ from diffusion_nnunet.cli.main import main
 
 pytestmark = pytest.mark.slow
 
-from tests.conftest import DATASET_ID
+from tests.conftest import DATASET_ID, stock_copy
 
 
 def _read(path):
@@ -167,13 +167,7 @@ def test_stock_nnunetv2_predict_reads_our_model(env, tmp_path):
 
 def test_our_predictor_reads_a_stock_nnunet_model_folder(env, tmp_path):
     """A results folder of stock nnunetv2 (trainer_name nnUNetTrainer) predicts through `dnnunet predict -m`."""
-    stock = tmp_path / "nnUNetTrainer__dnnunetPlans__2d"
-    (stock / "fold_0").mkdir(parents=True)
-    for f in ("plans.json", "dataset.json"):
-        shutil.copy(env["model"] / f, stock / f)
-    ckpt = torch.load(env["model"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    ckpt["trainer_name"] = "nnUNetTrainer"
-    torch.save(ckpt, stock / "fold_0" / "checkpoint_final.pth")
+    stock = stock_copy(env["model"], tmp_path)
     out_stock, out_ours = tmp_path / "p_stock", tmp_path / "p_ours"
     raw = env["raw"]
     assert main(["predict", "-m", str(stock), "-i", str(raw / "imagesTs"), "-o", str(out_stock), "--disable-tta",

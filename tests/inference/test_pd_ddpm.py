@@ -10,7 +10,7 @@ import torch
 
 from diffusion_nnunet.cli.main import main
 from diffusion_nnunet.inference.predictor import load_predictor, run_prediction
-from tests.conftest import DATASET_ID
+from tests.conftest import DATASET_ID, stock_copy
 
 pytestmark = pytest.mark.slow
 
@@ -56,13 +56,7 @@ def test_start_step_runs_only_k_plus_one_steps(env, recycle_model, tmp_path):
 
 def test_presegmenter_can_be_a_stock_nnunet_model_folder(env, recycle_model, tmp_path):
     """`--presegmenter` runs any nnU-Net v2 model folder first (here one with a stock trainer name)."""
-    stock = tmp_path / "nnUNetTrainer__dnnunetPlans__2d"
-    (stock / "fold_0").mkdir(parents=True)
-    for f in ("plans.json", "dataset.json"):
-        shutil.copy(env["model"] / f, stock / f)
-    ckpt = torch.load(env["model"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    ckpt["trainer_name"] = "nnUNetTrainer"
-    torch.save(ckpt, stock / "fold_0" / "checkpoint_final.pth")
+    stock = stock_copy(env["model"], tmp_path)
     raw, out = env["raw"], tmp_path / "pd"
     assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "recycle",
                  "-f", "0", "-device", "cpu", "--disable-tta", "--presegmenter", str(stock), "--start-step", "1",
