@@ -37,6 +37,11 @@ def add_arguments(p):
     add_device_argument(p)
 
 
+def parse_folds(values):
+    """Fold arguments as nnU-Net takes them: integers, or 'all'."""
+    return None if values is None else [v if v == "all" else int(v) for v in values]
+
+
 def run(args):
     from pathlib import Path
 
@@ -47,7 +52,7 @@ def run(args):
     if args.model is None and args.dataset is None:
         raise UserInputError("give a model folder with -m, or -d DATASET (with -c/-tr/-p)")
     folder = args.model or model_folder(args.dataset, args.trainer, args.configuration, args.plans)
-    folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
+    folds = parse_folds(args.folds)
     diffusion = {"sampler": args.sampler, "num_steps": args.steps, "num_samples": args.num_samples,
                  "seed": args.seed, "save_every_step": args.save_every_step or None,
                  "presegmenter": args.presegmenter, "presegmentation": args.presegmentation,

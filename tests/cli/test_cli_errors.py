@@ -10,8 +10,8 @@ from diffusion_nnunet.cli.main import build_parser, main
 
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
-    for command in ("make-dataset", "plan-and-preprocess", "train", "predict", "ensemble", "evaluate", "demo",
-                    "ext-trainer-path"):
+    for command in ("make-dataset", "plan-and-preprocess", "train", "predict", "ensemble", "predict-ensemble",
+                    "evaluate", "demo", "ext-trainer-path"):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0

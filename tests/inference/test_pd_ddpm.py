@@ -82,3 +82,15 @@ def test_missing_presegmentation_is_a_clear_error(env, recycle_model, tmp_path, 
     assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "o2"), "-d", str(DATASET_ID),
                  "-tr", "recycle", "-f", "0", "-device", "cpu", "--start-step", "1"]) == 2
     assert "--start-step needs a pre-segmentation" in capsys.readouterr().err
+
+
+def test_predict_ensemble_runs_nnunet_pd_ddpm_and_their_ensemble(env, recycle_model, tmp_path):
+    raw, out = env["raw"], tmp_path / "all"
+    assert main(["predict-ensemble", "-i", str(raw / "imagesTs"), "-o", str(out), "--nnunet", str(env["model"]),
+                 "--nnunet-folds", "0", "--diffusion", str(recycle_model), "--start-step", "1", "--num-samples", "2",
+                 "-w", "1", "0", "--disable-tta", "-device", "cpu"]) == 0
+    cases = sorted(p.name for p in (out / "nnunet").glob("*.nii.gz"))
+    assert len(cases) == 3
+    for c in cases:  # weights (1, 0): the ensemble is the PD-DDPM prediction
+        np.testing.assert_array_equal(_read(out / "ensemble" / c), _read(out / "pd_ddpm" / c))
+    assert len(list((out / "pd_ddpm" / "uncertainty").glob("*_entropy.nii.gz"))) == 3
