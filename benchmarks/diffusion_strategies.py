@@ -93,6 +93,29 @@ def run(datasets, trainers, out_file: Path, work: Path, seed: int) -> dict:
     return results
 
 
+def render_markdown(results: dict) -> str:
+    """The JSON results as Markdown tables (one per dataset)."""
+    lines = []
+    for name, res in results.items():
+        plan = res["plan"]
+        lines += [f"### {name}", "",
+                  f"Plan: patch {plan['patch']}, batch {plan['batch']}, {plan['epochs']} epochs x "
+                  f"{plan['iterations']} iterations for every trainer; fold 0; imagesTs.", "",
+                  "| trainer | sampler | Dice | HD95 mm | NSD | Dice per step (first -> last) | s/iteration | vs baseline |",
+                  "|:---|:---|---:|---:|---:|:---|---:|---:|"]
+        for trainer, e in res["trainers"].items():
+            for key in ("prediction", "ddpm", "ddim"):
+                if key not in e:
+                    continue
+                r = e[key]
+                steps = " ".join(f"{d:.4f}" for d in r.get("dice_per_step", [])) or "-"
+                lines.append(f"| {trainer} | {key if key != 'prediction' else '-'} | {r['dice']:.4f} | "
+                             f"{r['hd95']:.3f} | {r['nsd']:.4f} | {steps} | {e['median_seconds_per_iteration']:.4f} | "
+                             f"{e.get('seconds_per_iteration_vs_baseline', float('nan')):.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["synthetic-us2d", "mni-tissue2d"])
@@ -101,7 +124,11 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmark_diffusion.json")
     parser.add_argument("--work", default="benchmark_work", help="data and predictions (DNNUNET_DATA inside)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="only render --out as Markdown")
     args = parser.parse_args()
+    if args.report_only:
+        print(render_markdown(json.loads(Path(args.out).read_text())))
+        return
     work = Path(args.work).absolute()
     os.environ.setdefault("DNNUNET_DATA", str(work / "data"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
