@@ -15,6 +15,7 @@ from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.budget import ComputeBudget
 from planning.fingerprint import extract_fingerprint
 from planning.planner import DEFAULT_PLANS_NAME, BudgetedPlanner
+from planning.unlabelled import extract_fingerprint_partial, find_unlabelled_cases, preprocess_partial
 from planning.validate import find_dataset_folder, validate_raw_dataset
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,12 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
     if validate:
         report = validate_raw_dataset(folder, num_processes=num_processes)
         logger.info("%s: %d training cases passed the input checks", name, report.num_cases)
-    extract_fingerprint(name, num_processes=num_processes)
+    # partially labelled datasets (semi-supervised): nnunetv2 would read a label for every image
+    unlabelled = find_unlabelled_cases(folder)
+    if unlabelled:
+        extract_fingerprint_partial(name, unlabelled, num_processes=num_processes)
+    else:
+        extract_fingerprint(name, num_processes=num_processes)
     logger.info("Planning %s with the %s budget", name, budget.name)
     planner = _AtomicPlanner(name, budget, plans_name=plans_name)
     with nnunet_output_to_log(logger):
@@ -74,7 +80,10 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         for cfg in wanted:
             logger.info("Preprocessing %s / %s", name, cfg)
             with nnunet_output_to_log(logger):
-                DefaultPreprocessor(verbose=False).run(name, cfg, plans_name, num_processes)
+                if unlabelled:
+                    preprocess_partial(name, cfg, plans_name, unlabelled, num_processes)
+                else:
+                    DefaultPreprocessor(verbose=False).run(name, cfg, plans_name, num_processes)
         _copy_ground_truth(folder, paths.preprocessed() / name / "gt_segmentations")
     return plans
 

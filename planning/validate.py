@@ -10,6 +10,10 @@ What is checked (see `validate_raw_dataset` and `validate_prediction_inputs`):
   labels as nnU-Net v2 needs them (background 0, consecutive, ignore label, regions).
 * folder layout: ``imagesTr``/``labelsTr`` present and non-empty, ``CASE_XXXX`` channel file
   names, every case has every channel and a label, ``numTraining`` matches, stray files.
+  Partially labelled datasets (semi-supervised training): an image in ``imagesTr`` without a
+  label file is accepted as *unlabelled* only when dataset.json declares it in
+  ``"unlabelled": [case ids]`` or opts in with ``"allow_unlabelled": true``; otherwise it is
+  reported as a missing label, with that hint.
 * file contents: unreadable or truncated files, shape and geometry (spacing, origin, direction)
   agreement between channels and between image and label, label values and label data type,
   NaN/Inf voxels in images.
@@ -75,11 +79,12 @@ class ValidationReport:
 
     Args:
         dataset_dir: the dataset folder that was checked.
-        num_cases: number of training cases (label files).
+        num_cases: number of labelled training cases (label files).
         num_channels: number of input channels per case.
         file_ending: the file ending from dataset.json.
-        case_ids: the training case identifiers, sorted.
+        case_ids: the labelled training case identifiers, sorted.
         warnings: problems that do not stop planning but deserve a look.
+        unlabelled_case_ids: training images without a label (declared unlabelled), sorted.
     """
 
     dataset_dir: Path
@@ -88,6 +93,7 @@ class ValidationReport:
     file_ending: str
     case_ids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unlabelled_case_ids: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,12 +194,16 @@ def validate_raw_dataset(dataset_dir: Path, check_intensities: bool = True, num_
         cases = _cases_from_explicit_list(dataset_dir, spec, problems)
     else:
         cases = _cases_from_folders(dataset_dir, spec, problems, warnings)
-    training = [c for c in cases if c.is_training_case]
-    if spec.num_training is not None and spec.num_training != len(training):
+    training = [c for c in cases if c.is_training_case and not c.unlabelled]
+    unlabelled = [c for c in cases if c.unlabelled]
+    # with unlabelled cases, numTraining may count all training images or only the labelled ones
+    accepted = {len(training), len(training) + len(unlabelled)}
+    if spec.num_training is not None and spec.num_training not in accepted:
         where = "dataset.json 'dataset' entries" if spec.explicit_cases is not None else "label files in labelsTr"
+        extra = f" and {len(unlabelled)} unlabelled images" if unlabelled else ""
         problems.insert(0, (dataset_dir / "dataset.json",
-                            f"numTraining is {spec.num_training} but there are {len(training)} {where}; "
-                            f"set numTraining to {len(training)}"))
+                            f"numTraining is {spec.num_training} but there are {len(training)} {where}{extra}; "
+                            f"set numTraining to {len(training) + len(unlabelled)}"))
     if spec.explicit_cases is None and (dataset_dir / "imagesTs").is_dir():
         _check_test_folder(dataset_dir / "imagesTs", spec, warnings)
 
@@ -225,11 +235,12 @@ def validate_raw_dataset(dataset_dir: Path, check_intensities: bool = True, num_
     report = ValidationReport(
         dataset_dir=dataset_dir, num_cases=len(training), num_channels=spec.num_channels, file_ending=ending,
         case_ids=sorted(c.case_id for c in training), warnings=warnings.summary(),
+        unlabelled_case_ids=sorted(c.case_id for c in unlabelled),
     )
     for w in report.warnings:
         logger.warning(w)
-    logger.info("%s: %d cases, %d channel(s): no problems found", dataset_dir.name, report.num_cases,
-                report.num_channels)
+    logger.info("%s: %d cases%s, %d channel(s): no problems found", dataset_dir.name, report.num_cases,
+                f" (+ {len(unlabelled)} unlabelled)" if unlabelled else "", report.num_channels)
     return report
 
 
@@ -293,6 +304,8 @@ class _DatasetSpec:
     allowed_labels: frozenset[int] | None = None
     label_names: dict[int, str] = field(default_factory=dict)  # value -> name, for messages
     explicit_cases: dict | None = None
+    unlabelled: frozenset[str] = frozenset()  # dataset.json "unlabelled": case ids declared without labels
+    allow_unlabelled: bool = False  # dataset.json "allow_unlabelled": any image without a label is unlabelled
 
 
 def _load_dataset_json(path: Path, problems: list) -> _DatasetSpec | None:
@@ -383,6 +396,23 @@ def _load_dataset_json(path: Path, problems: list) -> _DatasetSpec | None:
             problems.append((path, "'dataset' must map case ids to {\"images\": [...], \"label\": ...}"))
         else:
             spec.explicit_cases = explicit
+
+    # partial labels (semi-supervised training)
+    declared = content.get("unlabelled")
+    if declared is not None:
+        if not isinstance(declared, list) or not all(isinstance(c, str) and c for c in declared):
+            problems.append((path, "'unlabelled' must be a list of case ids, like [\"case_007\", \"case_012\"]"))
+        else:
+            spec.unlabelled = frozenset(declared)
+    allow = content.get("allow_unlabelled")
+    if allow is not None:
+        if not isinstance(allow, bool):
+            problems.append((path, f"'allow_unlabelled' must be true or false, found {allow!r}"))
+        else:
+            spec.allow_unlabelled = allow
+    if (spec.unlabelled or spec.allow_unlabelled) and spec.explicit_cases is not None:
+        problems.append((path, "unlabelled cases ('unlabelled' / 'allow_unlabelled') are only supported with "
+                               "imagesTr/labelsTr folders, not with an explicit 'dataset' file list"))
     return spec
 
 
@@ -475,7 +505,8 @@ class _Case:
     case_id: str
     images: list[Path]  # the channel files that exist, in channel order
     label: Path | None  # None when missing
-    is_training_case: bool = True  # False for images in imagesTr without a label
+    is_training_case: bool = True  # False for images in imagesTr without a label (unless declared unlabelled)
+    unlabelled: bool = False  # declared unlabelled: an image-only training case
     single_rgb_file: bool = False  # one natural-image file holds all channels
 
 
@@ -618,6 +649,13 @@ def _cases_from_folders(dataset_dir: Path, spec: _DatasetSpec, problems: list, w
             labels[path.name[: -len(ending)]] = path
 
     cases = []
+    for case_id in sorted(spec.unlabelled):
+        if case_id in labels:
+            problems.append((labels[case_id], f"case {case_id!r} is listed in dataset.json 'unlabelled' but has this "
+                                              "label file; remove it from the list or delete the label"))
+        elif case_id not in image_cases:
+            problems.append((dataset_dir / "dataset.json", f"'unlabelled' lists {case_id!r} but imagesTr has no "
+                                                           f"{case_id}_0000{ending}"))
     for case_id, label in sorted(labels.items()):
         channels = image_cases.get(case_id)
         if not channels:
@@ -633,11 +671,16 @@ def _cases_from_folders(dataset_dir: Path, spec: _DatasetSpec, problems: list, w
     for case_id, channels in sorted(image_cases.items()):
         if case_id not in labels:
             first = channels[min(channels)]
-            problems.append((labels_dir / f"{case_id}{ending}",
-                             f"missing label file for imagesTr/{first.name} (every training case needs one)"))
+            declared = case_id in spec.unlabelled or spec.allow_unlabelled
+            if not declared:
+                problems.append((labels_dir / f"{case_id}{ending}",
+                                 f"missing label file for imagesTr/{first.name} (every training case needs one; for "
+                                 "semi-supervised training list unlabelled cases in dataset.json \"unlabelled\": "
+                                 "[...] or set \"allow_unlabelled\": true)"))
             images, single_rgb = _channel_files(images_dir, case_id, channels, spec.num_channels, ending, names,
                                                 problems)
-            cases.append(_Case(case_id, images, None, is_training_case=False, single_rgb_file=single_rgb))
+            cases.append(_Case(case_id, images, None, is_training_case=declared, unlabelled=declared,
+                               single_rgb_file=single_rgb))
     return cases
 
 

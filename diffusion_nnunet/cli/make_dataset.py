@@ -10,12 +10,16 @@ def add_arguments(p):
     p.add_argument("--num-test", type=int, default=None, help="test cases (default: generator's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.add_argument("--labelled-fraction", type=float, default=None,
+                   help="keep labels for only this share of the training cases (seeded); the rest become "
+                        "unlabelled images for semi-supervised training")
 
 
 def run(args):
     from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import make_dataset
 
-    folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite)
+    folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
+                          args.labelled_fraction)
     print(folder)
     return 0

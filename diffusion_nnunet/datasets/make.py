@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from diffusion_nnunet.datasets.base import DatasetGenerator
+from diffusion_nnunet.datasets.partial_labels import apply_labelled_fraction, num_labelled
 from diffusion_nnunet.datasets.raw_writer import write_cases
 from diffusion_nnunet.errors import UserInputError
 
@@ -53,7 +54,7 @@ def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overw
 
 def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,
                   num_train: int | None = None, num_test: int | None = None, seed: int = 0,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, labelled_fraction: float | None = None) -> Path:
     """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
 
     Args:
@@ -64,6 +65,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         num_test: test cases; the generator's default if None.
         seed: random seed; the same seed gives identical files' contents.
         overwrite: replace an existing folder of the same name.
+        labelled_fraction: keep the labels of only this share of the training cases (a seeded
+            choice); the others become unlabelled images (``datasets.partial_labels``). None: all.
 
     Raises:
         UserInputError: bad arguments, existing folder without overwrite, or the id is taken
@@ -73,6 +76,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     _check_arguments(dataset_id, num_train, num_test, seed)
     num_train = generator.default_num_train if num_train is None else num_train
     num_test = generator.default_num_test if num_test is None else num_test
+    if labelled_fraction is not None and num_train is not None:
+        num_labelled(num_train, labelled_fraction)  # checks the fraction before any work
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=raw_root))
     try:
         write_cases(tmp, generator, generator.cases(num_train, num_test, seed))
+        if labelled_fraction is not None:
+            apply_labelled_fraction(tmp, labelled_fraction, seed)
         _move_into_place(tmp, destination)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
