@@ -1,4 +1,7 @@
 """dnnunet train"""
+import os
+import sys
+
 from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
 
 
@@ -15,6 +18,12 @@ def add_arguments(p):
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N epochs (default 1)")
     p.add_argument("--skip-validation", action="store_true", help="skip the final validation")
     p.add_argument("--npz", action="store_true", help="save validation probabilities (for ensembles)")
+    g = p.add_argument_group("several processes (see docs/distributed.md)")
+    g.add_argument("--num-processes", type=int, default=1,
+                   help="data-parallel processes on this machine: one per GPU with cuda, gloo on the cpu; "
+                        "under torchrun leave at 1 (default 1)")
+    g.add_argument("--collective-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds a rank waits for the others in a collective before the run fails (default 1800)")
     g = p.add_argument_group("diffusion trainers")
     g.add_argument("--timesteps", type=int, default=None, help="T of the noise schedule (default: plans, 5)")
     g.add_argument("--timestep-sampling", choices=["uniform", "importance"], default=None,
@@ -28,7 +37,8 @@ def add_arguments(p):
 
 def run(args):
     from diffusion_nnunet.training import registry
-    from diffusion_nnunet.training.run import train_fold
+    from diffusion_nnunet.training.distributed import WorkerFailedError
+    from diffusion_nnunet.training.run import train
     from diffusion_nnunet.utils.device import resolve_device
 
     if args.list_trainers:
@@ -37,12 +47,18 @@ def run(args):
         return 0
     overrides = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
                  "num_val_iterations_per_epoch": args.val_iterations, "initial_lr": args.lr, "seed": args.seed,
-                 "save_every": args.save_every}
+                 "save_every": args.save_every, "collective_timeout_s": args.collective_timeout}
     diffusion = {"timesteps": args.timesteps, "timestep_sampling": args.timestep_sampling,
                  "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps}
     if any(v is not None for v in diffusion.values()):
         overrides["diffusion"] = diffusion
-    folder = train_fold(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
-                        resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz)
-    print(folder)
+    try:
+        folder = train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
+                       resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz,
+                       num_processes=args.num_processes)
+    except WorkerFailedError as err:
+        print(f"dnnunet train: error: {err}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets here
+        print(folder)
     return 0

@@ -8,7 +8,10 @@ What it changes relative to `nnUNetTrainer`, and why:
 - nnU-Net's console prints go to its log file and to `logging`; the console shows a tqdm bar;
 - measured seconds per iteration are written to `training_stats.json` beside the checkpoints,
   so the planner's estimate can be checked;
-- optional seeding for reproducible runs.
+- optional seeding for reproducible runs;
+- data-parallel training on CUDA (NCCL) and on the CPU (gloo): nnU-Net's own DDP path assumes
+  one GPU per global rank; here the device, the grad scaler and the DDP wrapper follow the
+  requested device and the local rank (see `training/distributed.py` for the launch).
 """
 from __future__ import annotations
 
@@ -16,14 +19,18 @@ import logging
 import os
 import random
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
 
@@ -31,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "training_config.json"
 STATS_FILE = "training_stats.json"
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+# the checkpoint_latest that a newer one replaced: a resume point if the newest is damaged
+PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
 
 
 class DnnTrainer(nnUNetTrainer):
@@ -49,7 +59,16 @@ class DnnTrainer(nnUNetTrainer):
             # nnunetv2's augmentation worker processes cost more than they give on a few cores
             # (measured: 0.18 vs 0.13 s/iteration for the demo plan on 2 cores)
             os.environ.setdefault("nnUNet_n_proc_DA", "0")
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        with warnings.catch_warnings():
+            # under DDP nnU-Net makes a CUDA grad scaler whatever the device (replaced below)
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
+            super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            # nnU-Net sets cuda:<global rank> here whatever the device; use the requested one
+            # (the launcher passes cuda:<local rank>, or the CPU)
+            local_rank = int(os.environ.get("LOCAL_RANK", self.local_rank))
+            self.device = distributed.device_for_rank(device, local_rank)
+            self.grad_scaler = torch.GradScaler("cuda") if self.device.type == "cuda" else None
         self.config: TrainingConfig = self.default_config()
         self.seconds_per_iteration: list[float] = []
         self.apply_config(self.config)
@@ -101,6 +120,72 @@ class DnnTrainer(nnUNetTrainer):
         if self.local_rank == 0:
             logger.debug(" ".join(str(a) for a in args))
 
+    # ---------------------------------------------------------------- data parallelism
+    @property
+    def rank(self) -> int:
+        """Global rank (nnU-Net calls it `local_rank`, but sets it to the global rank)."""
+        return self.local_rank
+
+    def initialize(self):
+        """nnU-Net's initialize, with a DDP wrapper that also works on the CPU.
+
+        nnU-Net wraps with `DDP(device_ids=[rank])`, which is CUDA-only and names the wrong GPU on
+        a second machine; here nnU-Net builds the bare network and we wrap it for the device.
+        """
+        if not self.is_ddp:
+            return super().initialize()
+        self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+        self.network = DistributedDataParallel(
+            self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # rebuilt as a DDP loss: Dice over the global batch, and no zero deep-supervision weight
+        # (a parameter without gradient would stall DDP's gradient reduction)
+        self.loss = self._build_loss()
+
+    def _set_batch_size_and_oversample(self):
+        """The rank's share of the planned batch (see `distributed.shard_batch`)."""
+        if not distributed.is_distributed():
+            self.batch_size = self.configuration_manager.batch_size
+            return
+        shard = distributed.shard_batch(self.configuration_manager.batch_size, distributed.world_size(),
+                                        distributed.rank(), self.oversample_foreground_percent)
+        self.batch_size = shard.size
+        self.oversample_foreground_percent = shard.oversample_foreground_percent
+        logger.debug("rank %d: batch %d of %d, foreground oversampling %.2f", distributed.rank(), shard.size,
+                     self.configuration_manager.batch_size, shard.oversample_foreground_percent)
+
+    def validation_is_sharded(self) -> bool:
+        """Whether `perform_actual_validation` splits the cases over ranks (nnU-Net's does; an
+        override that does not call it is assumed not to, unless it sets `shards_validation`)."""
+        declared = getattr(type(self), "shards_validation", None)
+        if declared is not None:
+            return bool(declared)
+        return type(self).perform_actual_validation is nnUNetTrainer.perform_actual_validation
+
+    def run_final_validation(self, save_probabilities: bool = False) -> None:
+        """The final validation on every rank if it is sharded, else once, on rank 0."""
+        if not self.is_ddp or self.validation_is_sharded():
+            return self.perform_actual_validation(save_probabilities)
+        if self.rank == 0:
+            with self._without_ddp():
+                self.perform_actual_validation(save_probabilities)
+        # no barrier: the other ranks have nothing to wait for, and a barrier could time out
+        # while rank 0 predicts
+
+    @contextmanager
+    def _without_ddp(self):
+        """The bare network and is_ddp off: for work that only this rank does (no collectives)."""
+        wrapped = self.network
+        self.network, self.is_ddp = wrapped.module, False
+        try:
+            yield
+        finally:
+            self.network, self.is_ddp = wrapped, True
+
     # ---------------------------------------------------------------- training step
     def train_step(self, batch: dict) -> dict:
         """nnU-Net's step, split so that subclasses only replace `compute_loss`."""
@@ -137,10 +222,14 @@ class DnnTrainer(nnUNetTrainer):
     # ---------------------------------------------------------------- training loop
     def on_train_start(self):
         if self.config.seed is not None:
-            seed = self.config.seed + self.local_rank
+            seed = self.config.seed + self.rank  # global rank: distinct data on every machine
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
+        elif self.is_ddp:
+            # torch starts every process from the same default seed: without this all ranks would
+            # draw the same augmentation and diffusion noise
+            torch.seed()
         super().on_train_start()
         if self.local_rank == 0:
             self.config.save(Path(self.output_folder) / CONFIG_FILE)
@@ -156,7 +245,8 @@ class DnnTrainer(nnUNetTrainer):
                 self.on_epoch_start()
                 self.on_train_epoch_start()
                 train_outputs, times = [], []
-                for _ in range(self.num_iterations_per_epoch):
+                for i in range(self.num_iterations_per_epoch):
+                    distributed.maybe_inject_fault(self.current_epoch * self.num_iterations_per_epoch + i)
                     start = time.perf_counter()
                     train_outputs.append(self.train_step(next(self.dataloader_train)))
                     times.append(time.perf_counter() - start)
@@ -197,6 +287,7 @@ class DnnTrainer(nnUNetTrainer):
             "median_seconds_per_iteration": float(np.median(measured)) if measured else None,
             "estimated_seconds_per_iteration": budget.get("estimated_seconds_per_iteration"),
             "device": str(self.device),
+            "num_processes": distributed.world_size(),
             "epochs_done": self.current_epoch,
         }, Path(self.output_folder) / STATS_FILE)
 
@@ -205,10 +296,20 @@ class DnnTrainer(nnUNetTrainer):
         """Write the checkpoint to a temporary file, then move it into place."""
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
-        with atomic_path(filename, suffix=".pth") as tmp:
+        target = Path(filename)
+        with atomic_path(target, suffix=".pth") as tmp:
             super().save_checkpoint(str(tmp))
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            if target.name == LATEST_CHECKPOINT and target.is_file():
+                # keep the last good one until the new one is in place (resume falls back to it)
+                os.replace(target, target.with_name(PREVIOUS_CHECKPOINT))
+
+    def on_train_end(self):
+        super().on_train_end()  # writes checkpoint_final, removes checkpoint_latest
+        previous = Path(self.output_folder) / PREVIOUS_CHECKPOINT
+        if self.rank == 0 and previous.is_file():
+            previous.unlink()
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

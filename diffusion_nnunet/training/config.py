@@ -67,6 +67,8 @@ class TrainingConfig:
         save_every: write `checkpoint_latest.pth` every this many epochs (1: a crash loses at most one epoch).
         seed: seeds python, numpy and torch at the start (None: not seeded).
         deep_supervision: nnU-Net's deep-supervision loss.
+        collective_timeout_s: multi-process runs: seconds a collective (gradient all-reduce,
+            barrier) waits for the other ranks before the run fails (a dead peer on another machine).
         diffusion: diffusion settings (None for non-diffusion trainers).
     """
 
@@ -79,6 +81,7 @@ class TrainingConfig:
     save_every: int = 1
     seed: int | None = None
     deep_supervision: bool = True
+    collective_timeout_s: float = 1800.0
     diffusion: DiffusionConfig | None = None
 
     def resolved(self, plans_configuration: dict) -> "TrainingConfig":
@@ -100,6 +103,8 @@ class TrainingConfig:
             value = getattr(self, key)
             if value is not None and value < (0 if key == "num_val_iterations_per_epoch" else 1):
                 raise UserInputError(f"{key} must be positive, got {value}")
+        if self.collective_timeout_s <= 0:
+            raise UserInputError(f"collective_timeout_s must be positive, got {self.collective_timeout_s}")
         if self.initial_lr <= 0:
             raise UserInputError(f"initial_lr must be positive, got {self.initial_lr}")
         if self.diffusion is not None:

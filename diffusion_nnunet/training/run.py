@@ -1,4 +1,8 @@
-"""Train one fold: build the trainer from the registry, resume if asked, train, validate."""
+"""Train one fold: build the trainer from the registry, resume if asked, train, validate.
+
+`train` is the entry point for one or several processes (see `training/distributed.py`);
+`train_fold` is what each process runs.
+"""
 from __future__ import annotations
 
 import json
@@ -9,8 +13,8 @@ import torch
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.training import registry
-from diffusion_nnunet.training.base import CONFIG_FILE
+from diffusion_nnunet.training import distributed, registry
+from diffusion_nnunet.training.base import CONFIG_FILE, PREVIOUS_CHECKPOINT
 from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.pipeline import preprocessed_plans_file
@@ -19,14 +23,18 @@ from planning.validate import find_dataset_folder
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+CHECKPOINT_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", PREVIOUS_CHECKPOINT, "checkpoint_best.pth")
+DEFAULT_COLLECTIVE_TIMEOUT_S = TrainingConfig().collective_timeout_s
 
 
 def find_resume_checkpoint(fold_folder: str | Path) -> Path | None:
-    """The checkpoint to continue from: final, else latest, else best, skipping unreadable files.
+    """The checkpoint to continue from, skipping unreadable files.
 
-    A checkpoint that fails to load (truncated, corrupted) is reported and the next one is used.
+    checkpoint_final if it is readable; else the readable one of latest, previous and best with
+    the most epochs done (ties: in that order). A checkpoint that fails to load (truncated,
+    corrupted) is reported and skipped.
     """
+    best: tuple[int, Path] | None = None
     for name in CHECKPOINT_ORDER:
         path = Path(fold_folder) / name
         if not path.is_file():
@@ -35,27 +43,105 @@ def find_resume_checkpoint(fold_folder: str | Path) -> Path | None:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
             if "network_weights" not in ckpt or "current_epoch" not in ckpt:
                 raise ValueError("missing network weights or epoch")
-            return path
         except Exception as err:  # noqa: BLE001 - any failure to read means: not usable
             logger.warning("%s is unreadable (%s); trying an older checkpoint", path, err)
-    return None
+            continue
+        if name == CHECKPOINT_ORDER[0]:
+            return path
+        if best is None or ckpt["current_epoch"] > best[0]:
+            best = (int(ckpt["current_epoch"]), path)
+    return None if best is None else best[1]
 
 
 def build_trainer(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
                   plans_name: str = DEFAULT_PLANS_NAME, device: torch.device = torch.device("cpu"),
                   continue_training: bool = False):
     """Instantiate a registered trainer for a preprocessed dataset (no training yet)."""
-    dataset_name = find_dataset_folder(paths.preprocessed(), dataset).name
-    plans = json.loads(preprocessed_plans_file(dataset_name, plans_name).read_text())
-    if configuration not in plans["configurations"]:
-        raise UserInputError(f"configuration {configuration!r} is not in the plans of {dataset_name}; "
-                             f"planned: {', '.join(plans['configurations'])}")
+    dataset_name, plans = load_plans(dataset, configuration, plans_name)
     dataset_json = json.loads((paths.preprocessed() / dataset_name / "dataset.json").read_text())
     plans["continue_training"] = continue_training
     entry = registry.get(trainer)
     fold = fold if fold == "all" else int(fold)
     with nnunet_output_to_log(logger):  # nnU-Net prints its device and citation banner
         return entry, entry.cls(plans, configuration, fold, dataset_json, device)
+
+
+def load_plans(dataset: str, configuration: str, plans_name: str = DEFAULT_PLANS_NAME) -> tuple[str, dict]:
+    """(dataset folder name, plans) of a preprocessed dataset, checking that `configuration` is planned."""
+    dataset_name = find_dataset_folder(paths.preprocessed(), dataset).name
+    plans = json.loads(preprocessed_plans_file(dataset_name, plans_name).read_text())
+    if configuration not in plans["configurations"]:
+        raise UserInputError(f"configuration {configuration!r} is not in the plans of {dataset_name}; "
+                             f"planned: {', '.join(plans['configurations'])}")
+    return dataset_name, plans
+
+
+def train(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
+          plans_name: str = DEFAULT_PLANS_NAME, config_overrides: dict | None = None,
+          device: torch.device = torch.device("cpu"), continue_training: bool = False, validate: bool = True,
+          save_probabilities: bool = False, num_processes: int = 1) -> Path:
+    """Train one fold in this process, in `num_processes` local processes, or as one rank of a
+    torchrun launch (when torchrun's WORLD_SIZE is set).
+
+    Args:
+        num_processes: local data-parallel processes (must be 1 under torchrun, which starts them).
+        Others: as `train_fold`.
+
+    Returns:
+        The fold's output folder.
+
+    Raises:
+        distributed.WorkerFailedError: a local process died; the others were stopped.
+    """
+    kwargs = dict(dataset=dataset, configuration=configuration, fold=fold, trainer=trainer, plans_name=plans_name,
+                  config_overrides=config_overrides, continue_training=continue_training, validate=validate,
+                  save_probabilities=save_probabilities)
+    env = distributed.DistributedEnv.from_environ()
+    if num_processes < 1:
+        raise UserInputError(f"--num-processes must be at least 1, got {num_processes}")
+    if env is not None and num_processes > 1:
+        raise UserInputError("--num-processes is for local launches; under torchrun use --nproc-per-node")
+    if env is None and num_processes == 1:
+        return train_fold(device=device, **kwargs)
+    world = env.world_size if env is not None else num_processes
+    _check_distributed_launch(dataset, configuration, trainer, plans_name, world, device)
+    timeout = collective_timeout(kwargs)
+    if env is not None:
+        return distributed.run_from_environment(_train_fold_job, (kwargs,), device, timeout)
+    distributed.launch(_train_fold_job, (kwargs,), num_processes, device, timeout)
+    entry = registry.get(trainer)
+    dataset_name, _ = load_plans(dataset, configuration, plans_name)
+    return paths.results() / dataset_name / f"{entry.cls.__name__}__{plans_name}__{configuration}" / f"fold_{fold}"
+
+
+def _train_fold_job(device: torch.device, kwargs: dict) -> Path:
+    """What each process of a multi-process run does (top level: it is pickled to spawned processes)."""
+    return train_fold(device=device, **kwargs)
+
+
+def _check_distributed_launch(dataset: str, configuration: str, trainer: str, plans_name: str, world: int,
+                              device: torch.device) -> None:
+    """Fail before starting processes on what every process would fail on."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    registry.get(trainer)
+    distributed.backend_for(device)
+    _, plans = load_plans(dataset, configuration, plans_name)
+    batch = PlansManager(plans).get_configuration(configuration).batch_size
+    distributed.shard_batch(batch, world, 0, 0.33)  # raises if the batch cannot be split
+
+
+def collective_timeout(kwargs: dict) -> float:
+    """The collective timeout: the override, else the config saved by a resumed run, else the default."""
+    value = (kwargs.get("config_overrides") or {}).get("collective_timeout_s")
+    if value is None and kwargs.get("continue_training"):
+        entry = registry.get(kwargs["trainer"])
+        dataset_name, _ = load_plans(kwargs["dataset"], kwargs["configuration"], kwargs["plans_name"])
+        saved = (paths.results() / dataset_name / f"{entry.cls.__name__}__{kwargs['plans_name']}__"
+                 f"{kwargs['configuration']}" / f"fold_{kwargs['fold']}" / CONFIG_FILE)
+        if saved.is_file():
+            value = TrainingConfig.load(saved).collective_timeout_s
+    return float(value if value is not None else DEFAULT_COLLECTIVE_TIMEOUT_S)
 
 
 def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
@@ -90,23 +176,29 @@ def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str =
     values = merge_config_values(values, config_overrides or {})
     trainer_obj.apply_config(TrainingConfig.from_dict(values))
 
+    main_process = distributed.rank() == 0
     if continue_training:
-        for stale in fold_folder.glob(".checkpoint_*.tmp*"):  # left by a kill during a checkpoint write
-            stale.unlink()
-        checkpoint = find_resume_checkpoint(fold_folder)
+        checkpoint = None
+        if main_process:  # one rank decides, so that all ranks resume from the same file
+            for stale in fold_folder.glob(".checkpoint_*.tmp*"):  # left by a kill during a checkpoint write
+                stale.unlink()
+            checkpoint = find_resume_checkpoint(fold_folder)
+        checkpoint = distributed.broadcast_from_rank0(checkpoint)
         if checkpoint is None:
-            logger.warning("no usable checkpoint in %s: starting a new training", fold_folder)
+            if main_process:
+                logger.warning("no usable checkpoint in %s: starting a new training", fold_folder)
         else:
             logger.info("continuing from %s", checkpoint)
             trainer_obj.load_checkpoint(str(checkpoint))
-    elif any((fold_folder / n).exists() for n in CHECKPOINT_ORDER):
+    elif main_process and any((fold_folder / n).exists() for n in CHECKPOINT_ORDER):
         logger.warning("%s already holds checkpoints; they will be replaced (use --continue to resume)", fold_folder)
 
-    logger.info("training %s (%s) on %s, %s fold %s, device %s: %d epochs x %d iterations", entry.name,
-                entry.cls.__name__, trainer_obj.plans_manager.dataset_name, configuration, fold, device,
+    logger.info("training %s (%s) on %s, %s fold %s, device %s%s: %d epochs x %d iterations", entry.name,
+                entry.cls.__name__, trainer_obj.plans_manager.dataset_name, configuration, fold, trainer_obj.device,
+                f" x {distributed.world_size()} processes" if distributed.is_distributed() else "",
                 trainer_obj.num_epochs, trainer_obj.num_iterations_per_epoch)
     trainer_obj.run_training()
     if validate:
         logger.info("final validation of %s", fold_folder)
-        trainer_obj.perform_actual_validation(save_probabilities)
+        trainer_obj.run_final_validation(save_probabilities)
     return fold_folder
