@@ -30,6 +30,10 @@ def add_arguments(p):
                    help="how training timesteps are drawn (default uniform)")
     g.add_argument("--val-sampler", choices=["ddpm", "ddim"], default=None, help="sampler for validation")
     g.add_argument("--val-sampling-steps", type=int, default=None, help="reverse steps at validation (default T)")
+    g = p.add_argument_group("semi-supervised trainers (semi_teacher, semi_cotrain, cps)")
+    g.add_argument("--teacher", default=None, metavar="MODEL_FOLDER",
+                   help="semi_cotrain: results folder of the pre-trained semi_teacher model")
+    g.add_argument("--rounds", type=int, default=None, help="semi_cotrain: reconstruction rounds R (default 1)")
     add_device_argument(p)
     p.epilog = "trainers: see `dnnunet train --list-trainers`"
     p.add_argument("--list-trainers", action="store_true", help="list registered trainers and exit")
@@ -52,6 +56,8 @@ def run(args):
                  "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps}
     if any(v is not None for v in diffusion.values()):
         overrides["diffusion"] = diffusion
+    if args.teacher is not None or args.rounds is not None:
+        overrides["semi"] = {"teacher": args.teacher, "rounds": args.rounds}
     try:
         folder = train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
                        resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz,

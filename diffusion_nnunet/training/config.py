@@ -54,6 +54,54 @@ class DiffusionConfig:
 
 
 @dataclass
+class SemiSupervisedConfig:
+    """Hyper-parameters of the semi-supervised trainers (methods.md section 7; docs/semi_supervised.md).
+
+    Args:
+        teacher: results folder (or checkpoint file) of the pre-trained teacher (`semi_teacher`)
+            that `semi_cotrain` starts from; the fold's checkpoint_final.pth is used.
+        require_teacher: refuse to co-train without `teacher` (False for plain `cps`: fresh teacher).
+        rounds: R, reconstruction rounds per batch (0: plain cross pseudo-supervision).
+        round_weight: w in (w / R) * sum_r [Dice(p~_r, target) + L_rec^r].
+        chain_rounds: round r + 1 reconstructs from the mask the teacher predicted on round r's
+            reconstruction (False: every round from the teacher's mask of the real image).
+        ramp_fraction: lambda(epoch) = min(1, (epoch + 1) / (ramp_fraction * epochs)), a linear ramp.
+        ce_weight: weight of cross-entropy added to every Dice term (0: Dice only).
+        rec_timesteps: T' of the reconstruction pathway's own noise schedule.
+        rec_sampling_steps: DDIM steps of Rec that draw the reconstruction x~_r from noise.
+        rec_clip: the reconstruction's x0 estimate is clipped to +-rec_clip (z-scored intensities).
+        selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
+            that picks the final model (0: the last epoch's Dice alone).
+    """
+
+    teacher: str | None = None
+    require_teacher: bool = True
+    rounds: int = 1
+    round_weight: float = 1.0
+    chain_rounds: bool = True
+    ramp_fraction: float = 0.3
+    ce_weight: float = 1.0
+    rec_timesteps: int = 10
+    rec_sampling_steps: int = 3
+    rec_clip: float = 5.0
+    selection_momentum: float = 0.5
+
+    def validate(self) -> None:
+        if self.rounds < 0:
+            raise UserInputError(f"rounds must not be negative, got {self.rounds}")
+        if self.rec_timesteps < 2:
+            raise UserInputError(f"rec_timesteps must be at least 2, got {self.rec_timesteps}")
+        if not 1 <= self.rec_sampling_steps <= self.rec_timesteps:
+            raise UserInputError(f"rec_sampling_steps must be in 1..{self.rec_timesteps}, got {self.rec_sampling_steps}")
+        if not 0 < self.ramp_fraction <= 1:
+            raise UserInputError(f"ramp_fraction must be in (0, 1], got {self.ramp_fraction}")
+        if self.round_weight < 0 or self.ce_weight < 0 or self.rec_clip <= 0:
+            raise UserInputError("round_weight and ce_weight must not be negative, rec_clip must be positive")
+        if not 0 <= self.selection_momentum < 1:
+            raise UserInputError(f"selection_momentum must be in [0, 1), got {self.selection_momentum}")
+
+
+@dataclass
 class TrainingConfig:
     """Hyper-parameters of one training run.
 
@@ -70,6 +118,7 @@ class TrainingConfig:
         collective_timeout_s: multi-process runs: seconds a collective (gradient all-reduce,
             barrier) waits for the other ranks before the run fails (a dead peer on another machine).
         diffusion: diffusion settings (None for non-diffusion trainers).
+        semi: semi-supervised settings (None for other trainers).
     """
 
     num_epochs: int | None = None
@@ -83,6 +132,7 @@ class TrainingConfig:
     deep_supervision: bool = True
     collective_timeout_s: float = 1800.0
     diffusion: DiffusionConfig | None = None
+    semi: SemiSupervisedConfig | None = None
 
     def resolved(self, plans_configuration: dict) -> "TrainingConfig":
         """Fill None values from the configuration's `training_budget` (or nnU-Net's defaults)."""
@@ -109,6 +159,8 @@ class TrainingConfig:
             raise UserInputError(f"initial_lr must be positive, got {self.initial_lr}")
         if self.diffusion is not None:
             self.diffusion.validate()
+        if self.semi is not None:
+            self.semi.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +172,9 @@ class TrainingConfig:
         if isinstance(values.get("diffusion"), dict):
             _check_keys(DiffusionConfig, values["diffusion"])
             values["diffusion"] = DiffusionConfig(**values["diffusion"])
+        if isinstance(values.get("semi"), dict):
+            _check_keys(SemiSupervisedConfig, values["semi"])
+            values["semi"] = SemiSupervisedConfig(**values["semi"])
         return cls(**values)
 
     def save(self, path: str | Path) -> None:

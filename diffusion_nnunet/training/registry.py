@@ -15,7 +15,8 @@ from diffusion_nnunet.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
-_BUILTIN_MODULES = ("diffusion_nnunet.training.baseline", "diffusion_nnunet.training.diffusion")
+_BUILTIN_MODULES = ("diffusion_nnunet.training.baseline", "diffusion_nnunet.training.diffusion",
+                    "diffusion_nnunet.training.semi_supervised")
 ENTRY_POINT_GROUP = "diffusion_nnunet.trainers"
 
 

@@ -1,0 +1,232 @@
+"""Loss terms of the semi-supervised teacher and twin students (methods.md section 7), as pure functions.
+
+Networks enter as callables, so every term is testable without files or trainers:
+
+    segment(image) -> x0 logits (B, C, *spatial)            # Seg at the noisiest step, from noise
+    rec_eps(noisy_image, mask_pm1, t_net) -> eps prediction  # Rec, mask given as 2p - 1
+
+Targets are class-index maps (B, 1, *spatial) or (B, *spatial): labels, or hard pseudo-labels
+``argmax p`` of the other model (never soft probabilities, and never with gradient).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+
+Segment = Callable[[Tensor], Tensor]
+RecEps = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _index_map(target: Tensor, like: Tensor) -> Tensor:
+    """(B, *spatial) long class indices from a (B, 1, *spatial) or (B, *spatial) target."""
+    if target.ndim == like.ndim:
+        target = target[:, 0]
+    return target.long()
+
+
+def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+    """1 - mean foreground soft Dice, summed over the batch and all voxels (nnU-Net's batch Dice).
+
+    Args:
+        probs: class probabilities (B, C, *spatial).
+        target: class indices (B, 1, *spatial) or (B, *spatial).
+        smooth: added to numerator and denominator (a class absent from both then scores 1).
+    """
+    onehot = F.one_hot(_index_map(target, probs), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    axes = [0] + list(range(2, probs.ndim))
+    intersection = (probs * onehot).sum(axes)
+    denominator = probs.sum(axes) + onehot.sum(axes)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return 1 - dice[1:].mean() if probs.shape[1] > 1 else 1 - dice.mean()
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, ce_weight: float = 1.0) -> Tensor:
+    """Dice of softmax(logits) against `target` (+ ce_weight * cross-entropy)."""
+    loss = soft_dice_loss(torch.softmax(logits, 1), target)
+    if ce_weight:
+        loss = loss + ce_weight * F.cross_entropy(logits, _index_map(target, logits))
+    return loss
+
+
+def hard_pseudo_label(probs_or_logits: Tensor) -> Tensor:
+    """argmax over classes as a (B, 1, *spatial) long map, cut from the graph."""
+    return probs_or_logits.detach().argmax(1, keepdim=True)
+
+
+def cross_pseudo_supervision(student_logits: Tensor, teacher_logits: Tensor, ce_weight: float = 1.0) -> Tensor:
+    """``Dice(pS, argmax pT) + Dice(pT, argmax pS)``: each model learns the other's hard labels."""
+    return (segmentation_loss(student_logits, hard_pseudo_label(teacher_logits), ce_weight)
+            + segmentation_loss(teacher_logits, hard_pseudo_label(student_logits), ce_weight))
+
+
+def reconstruction_loss(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedule: NoiseSchedule,
+                        t: Tensor | None = None, noise: Tensor | None = None,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """``L_rec = || eps' - Rec(sqrt(abar_t') I + sqrt(1 - abar_t') eps', 2p - 1, t') ||^2`` (mean).
+
+    The mask is used as given: pass ``2 * softmax(Seg(I)) - 1`` with its graph, and the gradient
+    reaches Seg through it.
+
+    Args:
+        rec_eps: the Rec pathway.
+        image: I, (B, image channels, *spatial).
+        mask_pm1: 2p - 1, (B, C, *spatial).
+        schedule: Rec's noise schedule.
+        t: (B,) step indices t' (uniform in 0..T'-1 when None).
+        noise: eps' (drawn when None).
+        generator: random generator for t' and eps'.
+    """
+    if t is None:
+        t = torch.randint(0, schedule.num_steps, (image.shape[0],), device=image.device, generator=generator)
+    if noise is None:
+        noise = torch.randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
+    noisy = schedule.q_sample(image, t, noise=noise)
+    return F.mse_loss(rec_eps(noisy, mask_pm1, schedule.network_time(t)), noise)
+
+
+@torch.no_grad()
+def ddim_reconstruct(rec_eps: RecEps, mask_pm1: Tensor, image_shape: tuple[int, ...], schedule: NoiseSchedule,
+                     steps: int, clip: float = 5.0, generator: torch.Generator | None = None) -> Tensor:
+    """Draw an image from noise with Rec, conditioned on a mask: deterministic DDIM in `steps` steps.
+
+    eps-prediction turns into ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, clipped to
+    +-clip (at the noisiest step sqrt(abar_t) is tiny and would amplify errors), then a DDIM step.
+
+    Args:
+        rec_eps: the Rec pathway.
+        mask_pm1: conditioning mask 2p - 1, (B, C, *spatial).
+        image_shape: shape of the image to draw, (B, image channels, *spatial).
+        schedule: Rec's training schedule (re-spaced to `steps`).
+        steps: reverse steps.
+        clip: bound of the x0 estimate.
+        generator: random generator of the start noise.
+    """
+    sub = schedule.respace(steps)
+    x = torch.randn(image_shape, device=mask_pm1.device, dtype=mask_pm1.dtype, generator=generator)
+    for i in reversed(range(sub.num_steps)):
+        abar = float(sub.alphas_cumprod[i])
+        eps = rec_eps(x, mask_pm1, sub.network_time(torch.full((x.shape[0],), i, device=x.device)))
+        x0_hat = ((x - (1 - abar) ** 0.5 * eps) / abar ** 0.5).clamp(-clip, clip)
+        x = sub.ddim_step(x0_hat, x, i)
+    return x
+
+
+@dataclass
+class RoundSettings:
+    """How the reconstruction rounds run (values of `SemiSupervisedConfig`).
+
+    Args:
+        rounds: R (0: no rounds).
+        weight: w.
+        chain: reconstruct round r + 1 from the mask predicted on round r's reconstruction.
+        rec_schedule: Rec's noise schedule.
+        sampling_steps: DDIM steps per reconstruction.
+        clip: x0 clip of the reconstruction sampler.
+        ce_weight: cross-entropy weight of the Dice terms.
+    """
+
+    rounds: int
+    weight: float
+    chain: bool
+    rec_schedule: NoiseSchedule
+    sampling_steps: int
+    clip: float = 5.0
+    ce_weight: float = 1.0
+
+
+def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
+                 settings: RoundSettings, generator: torch.Generator | None = None) -> Tensor:
+    """``(w / R) * sum_r [Dice(p~_r, target) + L_rec^r]``, with p~_r = Seg_Te(x~_r).
+
+    Round r: the teacher draws x~_r with Rec from the mask of round r (the teacher's own mask of
+    the real image for r = 1), segments it, and is scored against `target` (labels, or the
+    student's hard pseudo-labels); L_rec^r is the reconstruction loss of the real image from the
+    same mask, with gradient into Seg through the mask.
+
+    Args:
+        segment: the teacher's Seg.
+        rec_eps: the teacher's Rec.
+        image: the real images.
+        teacher_probs: softmax of the teacher's logits on `image` (with graph).
+        target: class indices to score p~_r against.
+        settings: rounds, weight, sampler.
+        generator: random generator.
+    """
+    if settings.rounds <= 0:
+        return image.new_zeros(())
+    total = image.new_zeros(())
+    mask = teacher_probs
+    for _ in range(settings.rounds):
+        reconstruction = ddim_reconstruct(rec_eps, 2 * mask.detach() - 1, tuple(image.shape), settings.rec_schedule,
+                                          settings.sampling_steps, settings.clip, generator)
+        logits = segment(reconstruction)
+        total = total + segmentation_loss(logits, target, settings.ce_weight) \
+            + reconstruction_loss(rec_eps, image, 2 * mask - 1, settings.rec_schedule, generator=generator)
+        if settings.chain:
+            mask = torch.softmax(logits, 1)
+    return settings.weight / settings.rounds * total
+
+
+def ramp_weight(epoch: int, num_epochs: int, ramp_fraction: float) -> float:
+    """lambda(epoch): linear from 1 / ramp_epochs at epoch 0 to 1 at ramp_epochs - 1, then 1.
+
+    Args:
+        epoch: current epoch, from 0.
+        num_epochs: epochs of the run.
+        ramp_fraction: share of the epochs over which lambda ramps up.
+    """
+    ramp_epochs = max(1, round(ramp_fraction * num_epochs))
+    return min(1.0, (epoch + 1) / ramp_epochs)
+
+
+@dataclass
+class CoTrainingTerms:
+    """The parts of one co-training loss (for logging and tests)."""
+
+    total: Tensor
+    supervised: Tensor
+    unsupervised: Tensor
+    weight: float
+
+
+def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_rec: RecEps,
+                    labelled_image: Tensor, label: Tensor, unlabelled_image: Tensor | None,
+                    settings: RoundSettings, unsupervised_weight: float,
+                    generator: torch.Generator | None = None) -> CoTrainingTerms:
+    """``L = lambda * L_u + L_s`` of one iteration.
+
+    L_s (labelled batch): Dice(S, y) + Dice(Te, y) + round terms against y.
+    L_u (unlabelled batch): Dice(pS, argmax pT) + Dice(pT, argmax pS) + round terms against
+    argmax pS. Only images of the unlabelled batch are seen; without one (no unlabelled cases),
+    L = L_s, plain supervised training of both models.
+
+    Args:
+        teacher_segment, student_segment: Seg of teacher and student.
+        teacher_rec: the teacher's Rec.
+        labelled_image, label: the labelled batch.
+        unlabelled_image: images of the unlabelled batch, or None.
+        settings: round settings (and CE weight).
+        unsupervised_weight: lambda(epoch).
+        generator: random generator.
+    """
+    ce = settings.ce_weight
+    teacher_logits = teacher_segment(labelled_image)
+    supervised = segmentation_loss(student_segment(labelled_image), label, ce) \
+        + segmentation_loss(teacher_logits, label, ce) \
+        + round_losses(teacher_segment, teacher_rec, labelled_image, torch.softmax(teacher_logits, 1), label,
+                       settings, generator)
+    unsupervised = labelled_image.new_zeros(())
+    if unlabelled_image is not None:
+        teacher_u = teacher_segment(unlabelled_image)
+        student_u = student_segment(unlabelled_image)
+        unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce) \
+            + round_losses(teacher_segment, teacher_rec, unlabelled_image, torch.softmax(teacher_u, 1),
+                           hard_pseudo_label(student_u), settings, generator)
+    return CoTrainingTerms(unsupervised_weight * unsupervised + supervised, supervised.detach(),
+                           unsupervised.detach(), unsupervised_weight)

@@ -1,0 +1,275 @@
+"""Semi-supervised teacher / twin students: loss terms, the two-pathway model, config and registry (no files)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair, build_twin
+from diffusion_nnunet.training import registry
+from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
+from diffusion_nnunet.training.semi_losses import (
+    RoundSettings,
+    cotraining_loss,
+    cross_pseudo_supervision,
+    ddim_reconstruct,
+    hard_pseudo_label,
+    ramp_weight,
+    reconstruction_loss,
+    round_losses,
+    segmentation_loss,
+    soft_dice_loss,
+)
+from diffusion_nnunet.training.semi_supervised import resolve_teacher_checkpoint
+from diffusion_nnunet.training.unlabelled_data import _DropTarget, build_unlabelled_loader, images_only
+from tests.networks.test_denoiser import _cfg
+
+C, IMG = 3, 1
+SHAPE = (2, IMG, 32, 32)
+
+
+class NoLabel:
+    """A target that fails the test if anything reads it."""
+
+    def __getattribute__(self, name):
+        raise AssertionError(f"an unlabelled batch's target was read ({name})")
+
+    def __bool__(self):
+        raise AssertionError("an unlabelled batch's target was read (bool)")
+
+
+def tiny_twin(seed=0):
+    torch.manual_seed(seed)
+    a = _cfg("2d")["architecture"]
+    cm = SimpleNamespace(network_arch_class_name=a["network_class_name"], network_arch_init_kwargs=a["arch_kwargs"],
+                         network_arch_init_kwargs_req_import=a["_kw_requires_import"])
+    return build_twin(cm, IMG, C, time_embed_dim=16)
+
+
+def rounds(r, steps=2, chain=True, weight=1.0):
+    return RoundSettings(rounds=r, weight=weight, chain=chain, rec_schedule=NoiseSchedule.linear(10),
+                         sampling_steps=steps)
+
+
+def labels(seed=0):
+    return torch.randint(0, C, (SHAPE[0], 1, *SHAPE[2:]), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------ pure losses
+
+
+def test_soft_dice_is_zero_for_a_perfect_hard_prediction_and_ignores_background():
+    y = labels()
+    onehot = torch.nn.functional.one_hot(y[:, 0], C).movedim(-1, 1).float()
+    assert soft_dice_loss(onehot, y) == pytest.approx(0.0, abs=1e-6)
+    wrong_background_only = onehot.clone()
+    wrong_background_only[:, 0] = 0  # background channel wrong: foreground Dice still perfect
+    assert soft_dice_loss(wrong_background_only, y) == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(torch.full_like(onehot, 1 / C), y) > 0.3
+
+
+def test_pseudo_labels_are_hard_argmax_of_the_other_model_without_gradient():
+    g = torch.Generator().manual_seed(1)
+    ls = torch.randn(2, C, 8, 8, generator=g, requires_grad=True)
+    lt = torch.randn(2, C, 8, 8, generator=g, requires_grad=True)
+    pl = hard_pseudo_label(torch.softmax(lt, 1))
+    assert pl.dtype == torch.long and pl.shape == (2, 1, 8, 8) and not pl.requires_grad
+    assert torch.equal(pl[:, 0], lt.argmax(1))
+
+    loss = cross_pseudo_supervision(ls, lt, ce_weight=1.0)
+    expected = segmentation_loss(ls, lt.argmax(1, keepdim=True)) + segmentation_loss(lt, ls.argmax(1, keepdim=True))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the teacher's gradient comes only from its own term: its pseudo-labels for the student are constants
+    grad_t, = torch.autograd.grad(loss, lt)
+    own, = torch.autograd.grad(segmentation_loss(lt, ls.detach().argmax(1, keepdim=True)), lt)
+    assert torch.allclose(grad_t, own, atol=1e-7)
+
+
+def test_reconstruction_loss_back_propagates_into_the_segmentation_pathway():
+    twin = tiny_twin()
+    image = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    m_t = torch.rand(SHAPE[0], C, *SHAPE[2:])
+    probs = torch.softmax(twin.seg_logits(image, m_t, torch.tensor(1.0)), 1)
+    loss = reconstruction_loss(twin.rec_eps, image, 2 * probs - 1, NoiseSchedule.linear(10),
+                               generator=torch.Generator().manual_seed(3))
+    loss.backward()  # L_rec alone
+    seg_grads = [p.grad for p in twin.seg.parameters() if p.grad is not None]
+    assert seg_grads and sum(float(g.abs().sum()) for g in seg_grads) > 0
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in twin.rec.parameters())
+
+
+def test_reconstruction_loss_is_the_eps_mse_at_the_given_step():
+    schedule = NoiseSchedule.linear(10)
+    image = torch.randn(SHAPE)
+    noise = torch.randn(SHAPE)
+    t = torch.tensor([0, 9])
+    seen = {}
+
+    def rec(noisy, mask, t_net):
+        seen.update(noisy=noisy, t=t_net)
+        return torch.zeros_like(noisy)
+
+    loss = reconstruction_loss(rec, image, torch.zeros(SHAPE[0], C, *SHAPE[2:]), schedule, t=t, noise=noise)
+    assert loss.item() == pytest.approx(float((noise ** 2).mean()), rel=1e-6)
+    assert torch.allclose(seen["noisy"], schedule.q_sample(image, t, noise=noise))
+    assert torch.allclose(seen["t"], schedule.network_time(t))
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_round_loop_runs_r_times(r):
+    calls = {"segment": 0, "rec": 0}
+
+    def segment(x):
+        calls["segment"] += 1
+        return torch.zeros(x.shape[0], C, *x.shape[2:], requires_grad=True)
+
+    def rec(noisy, mask, t_net):
+        calls["rec"] += 1
+        assert mask.shape[1] == C and noisy.shape[1] == IMG
+        return torch.zeros_like(noisy)
+
+    image = torch.randn(SHAPE)
+    probs = torch.full((SHAPE[0], C, *SHAPE[2:]), 1 / C)
+    loss = round_losses(segment, rec, image, probs, labels(), rounds(r, steps=2))
+    assert calls == {"segment": r, "rec": r * (2 + 1)}  # per round: 2 DDIM steps + the L_rec pass
+    assert loss.ndim == 0 and loss.item() > 0
+
+
+def test_round_weight_divides_by_r_and_zero_rounds_cost_nothing():
+    def segment(x):
+        return torch.zeros(x.shape[0], C, *x.shape[2:])
+
+    def rec(noisy, mask, t_net):
+        return torch.zeros_like(noisy)
+
+    image, probs, y = torch.randn(SHAPE), torch.full((SHAPE[0], C, *SHAPE[2:]), 1 / C), labels()
+    torch.manual_seed(0)
+    one = round_losses(segment, rec, image, probs, y, rounds(1, weight=2.0))
+    torch.manual_seed(0)
+    three = round_losses(segment, rec, image, probs, y, rounds(3, weight=2.0, chain=False))
+    # constant networks: each round's term is the same (up to the L_rec noise), so the mean over R stays
+    assert three.item() == pytest.approx(one.item(), rel=0.05)
+    assert round_losses(lambda x: 1 / 0, rec, image, probs, y, rounds(0)).item() == 0.0
+
+
+def test_ddim_reconstruction_is_conditioned_and_reproducible():
+    twin = tiny_twin()
+    mask = 2 * torch.softmax(torch.randn(SHAPE[0], C, *SHAPE[2:]), 1) - 1
+    a = ddim_reconstruct(twin.rec_eps, mask, SHAPE, NoiseSchedule.linear(10), 3, generator=torch.Generator().manual_seed(4))
+    b = ddim_reconstruct(twin.rec_eps, mask, SHAPE, NoiseSchedule.linear(10), 3, generator=torch.Generator().manual_seed(4))
+    assert a.shape == SHAPE and torch.equal(a, b) and not a.requires_grad
+    assert a.abs().max() <= 5.0 + 1e-5  # the last step returns the clipped x0 estimate
+
+
+def test_unlabelled_branch_never_reads_a_label():
+    sentinel = NoLabel()
+    images = torch.randn(SHAPE)
+    assert images_only({"data": images, "target": sentinel}) is images
+
+    class Loader:
+        def __next__(self):
+            return {"data": images, "target": NoLabel(), "keys": ["u0", "u1"]}
+
+    batch = next(_DropTarget(Loader(), num_cases=2))
+    assert batch["target"] is None and batch["data"] is images
+
+    twin_t, twin_s = tiny_twin(0), tiny_twin(1)
+    t_net = torch.tensor(1.0)
+    m = torch.full((SHAPE[0], C, *SHAPE[2:]), 0.5)
+    terms = cotraining_loss(lambda x: twin_t.seg_logits(x, m, t_net), lambda x: twin_s.seg_logits(x, m, t_net),
+                            twin_t.rec_eps, torch.randn(SHAPE), labels(), batch["data"], rounds(1), 1.0)
+    assert terms.unsupervised.item() > 0
+
+
+def test_zero_unlabelled_cases_degrade_to_supervised_training(tmp_path):
+    calls = []
+
+    def seg(name):
+        def f(x):
+            calls.append(name)
+            return torch.zeros(x.shape[0], C, *x.shape[2:], requires_grad=True)
+        return f
+
+    x, y = torch.randn(SHAPE), labels()
+    terms = cotraining_loss(seg("teacher"), seg("student"), lambda n, m, t: torch.zeros_like(n), x, y, None,
+                            rounds(0), unsupervised_weight=1.0)
+    assert terms.unsupervised.item() == 0.0
+    expected = 2 * segmentation_loss(torch.zeros(SHAPE[0], C, *SHAPE[2:]), y)
+    assert terms.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert sorted(calls) == ["student", "teacher"]  # one labelled pass each, nothing else
+    trainer = SimpleNamespace(preprocessed_dataset_folder_base=str(tmp_path),
+                              configuration_manager=SimpleNamespace(data_identifier="plans_2d"))
+    assert build_unlabelled_loader(trainer) is None  # no <data_identifier>_unlabelled folder
+
+
+def test_lambda_ramps_linearly_to_one():
+    values = [ramp_weight(e, 10, 0.4) for e in range(10)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0] and set(values[4:]) == {1.0}
+    assert ramp_weight(0, 1, 0.3) == 1.0
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def test_twin_pathways_shapes_and_seg_forward():
+    twin = tiny_twin()
+    assert twin.seg.in_channels == IMG + C and twin.rec.in_channels == C + IMG
+    x = torch.randn(SHAPE[0], IMG + C, *SHAPE[2:])
+    assert twin(x, torch.tensor(1.0)).shape == (SHAPE[0], C, *SHAPE[2:])
+    assert twin.rec_eps(torch.randn(SHAPE), torch.zeros(SHAPE[0], C, *SHAPE[2:]), torch.tensor(0.5)).shape == SHAPE
+
+
+def test_pair_predicts_with_the_selected_model_and_keeps_the_choice_in_its_weights():
+    pair = CoTrainPair(tiny_twin(0), tiny_twin(1))
+    for p in pair.student.seg.parameters():  # make the two models differ visibly
+        p.data.add_(0.05)
+    x = torch.randn(SHAPE[0], IMG + C, *SHAPE[2:])
+    t = torch.tensor(1.0)
+    with torch.no_grad():
+        assert torch.equal(pair(x, t), pair.teacher(x, t))
+        pair.select(STUDENT)
+        out_student = pair(x, t)
+        assert torch.equal(out_student, pair.student(x, t)) and not torch.equal(out_student, pair.teacher(x, t))
+    fresh = CoTrainPair(tiny_twin(5), tiny_twin(6))
+    assert int(fresh.selected) == TEACHER
+    fresh.load_state_dict(pair.state_dict())
+    with torch.no_grad():
+        assert int(fresh.selected) == STUDENT and torch.equal(fresh(x, t), out_student)
+
+
+# ------------------------------------------------------------------------------------------ config and registry
+
+
+def test_semi_config_round_trip_and_validation():
+    cfg = TrainingConfig(semi=SemiSupervisedConfig(rounds=3, teacher="/m"))
+    back = TrainingConfig.from_dict(cfg.to_dict())
+    assert back.semi == cfg.semi
+    for bad in ({"rounds": -1}, {"rec_sampling_steps": 20}, {"ramp_fraction": 0.0}, {"selection_momentum": 1.0}):
+        with pytest.raises(UserInputError):
+            SemiSupervisedConfig(**bad).validate()
+    with pytest.raises(UserInputError, match="unknown SemiSupervisedConfig keys"):
+        TrainingConfig.from_dict({"semi": {"round": 2}})
+
+
+def test_registered_semi_trainers():
+    entries = registry.available()
+    assert {"semi_teacher", "semi_cotrain", "cps"} <= set(entries)
+    cps = entries["cps"].cls.default_config()
+    assert cps.semi.rounds == 0 and cps.semi.require_teacher is False
+    cotrain = entries["semi_cotrain"].cls.default_config()
+    assert cotrain.semi.rounds == 1 and cotrain.semi.require_teacher and cotrain.diffusion.sampling_steps == 1
+    assert cotrain.deep_supervision is False
+
+
+def test_teacher_checkpoint_lookup(tmp_path):
+    with pytest.raises(UserInputError, match="semi_teacher"):
+        resolve_teacher_checkpoint(tmp_path, 0)
+    ckpt = tmp_path / "fold_0" / "checkpoint_final.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    assert resolve_teacher_checkpoint(tmp_path, 0) == ckpt
+    assert resolve_teacher_checkpoint(tmp_path / "fold_0", 3) == ckpt
+    assert resolve_teacher_checkpoint(ckpt, 0) == ckpt
