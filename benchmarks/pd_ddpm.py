@@ -1,10 +1,11 @@
 """PD-DDPM, implicit-ensemble uncertainty and the diffusion + nnU-Net ensemble (issue: PD-DDPM).
 
-Usage: python benchmarks/pd_ddpm.py [--datasets synthetic-us2d mni-tissue2d] [--work benchmark_work]
+Usage: python benchmarks/pd_ddpm.py [--datasets synthetic-us2d mni-tissue2d synthetic-ct3d] [--work benchmark_work]
                                     [--samples 8] [--out docs/benchmark_pd_ddpm.json]
 
-Reuses the baseline and `recycle` models (fold 0) and the baseline's imagesTs probabilities that
-benchmarks/diffusion_strategies.py trained and wrote under --work. For each dataset:
+Trains what it needs under --work (each step skipped when its output exists): the dataset, its
+cpu-small plan (2d for 2D data, 3d_fullres for 3D), the baseline and `recycle` on fold 0, and the
+baseline's imagesTs probabilities. Then, for each dataset:
 - full DDPM sampling (k = T-1) against PD-DDPM starts k = 0..T-2 from the baseline's prediction:
   Dice and prediction time, the time ratio measured in this run (same seed, no mirroring);
 - the ensemble (equal weights) of `recycle` and the baseline against the baseline alone;
@@ -45,24 +46,63 @@ def _uncertainty_stats(pred_dir: Path, labels_dir: Path) -> dict:
             "error_rate_by_entropy_decile": error_rate_by_entropy_decile(entropy, error)}
 
 
+def _trained_models(name: str, work: Path, seed: int, device) -> tuple[Path, str, dict]:
+    """Generate and plan `name` (cpu-small budget), train the baseline and `recycle` on fold 0 and predict
+    imagesTs with the baseline, each step skipped when its output exists. Returns (raw, configuration, info)."""
+    from diffusion_nnunet import paths
+    from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
+    from diffusion_nnunet.demo import default_configuration
+    from diffusion_nnunet.inference.predictor import model_folder, predict_folder
+    from diffusion_nnunet.training import registry
+    from diffusion_nnunet.training.run import train_fold
+    from planning.budget import get_budget
+    from planning.pipeline import plan_and_preprocess
+    from planning.planner import DEFAULT_PLANS_NAME
+
+    raw = next(paths.raw().glob(f"Dataset{DEFAULT_IDS[name]:03d}_*"), None) if paths.raw().is_dir() else None
+    raw = raw or make_dataset(name, paths.raw(), seed=seed)
+    plans_file = paths.preprocessed() / raw.name / f"{DEFAULT_PLANS_NAME}.json"
+    plans = (json.loads(plans_file.read_text()) if plans_file.is_file()
+             else plan_and_preprocess(raw.name, get_budget("cpu-small"), num_processes=2))
+    configuration = default_configuration(plans)
+    cfg = plans["configurations"][configuration]
+    info = {"configuration": configuration, "patch": cfg["patch_size"], "batch": cfg["batch_size"],
+            "epochs": cfg["training_budget"]["num_epochs"],
+            "iterations": cfg["training_budget"]["num_iterations_per_epoch"], "train_seconds": {}}
+    for trainer in ("baseline", "recycle"):
+        fold = (paths.results() / raw.name / f"{registry.get(trainer).cls.__name__}__{DEFAULT_PLANS_NAME}__"
+                f"{configuration}" / "fold_0")
+        if not (fold / "checkpoint_final.pth").is_file():
+            start = time.perf_counter()
+            train_fold(raw.name, configuration, 0, trainer, config_overrides={"seed": seed}, device=device,
+                       continue_training=fold.is_dir(), validate=True, save_probabilities=True)
+            info["train_seconds"][trainer] = round(time.perf_counter() - start, 1)
+    base_pred = work / name / "baseline" / "pred"
+    if not base_pred.is_dir():
+        predict_folder(model_folder(raw.name, "baseline", configuration), raw / "imagesTs", base_pred, folds=[0],
+                       device=device, save_probabilities=True)
+    return raw, configuration, info
+
+
 def run(datasets, work: Path, samples: int, out_file: Path, seed: int) -> dict:
     import torch
 
-    from diffusion_nnunet import paths
-    from diffusion_nnunet.datasets import DEFAULT_IDS
     from diffusion_nnunet.ensemble import ensemble_folders
     from diffusion_nnunet.evaluation import evaluate_folders
     from diffusion_nnunet.inference.predictor import model_folder, predict_folder
 
     device = torch.device("cpu")
-    results = {}
+    results = json.loads(out_file.read_text()) if out_file.is_file() else {}
     for name in datasets:
-        raw = next(paths.raw().glob(f"Dataset{DEFAULT_IDS[name]:03d}_*"))
+        if name in results:  # finished in an earlier run
+            continue
+        raw, configuration, info = _trained_models(name, work, seed, device)
         labels, images, dj = raw / "labelsTs", raw / "imagesTs", raw / "dataset.json"
         base_pred = work / name / "baseline" / "pred"
-        recycle = model_folder(raw.name, "recycle", "2d")
-        timesteps = json.loads((recycle / "plans.json").read_text())["configurations"]["2d"]["diffusion"]["timesteps"]
-        res = results[name] = {"baseline": evaluate_folders(labels, base_pred, dataset_json=dj)["foreground_mean"]}
+        recycle = model_folder(raw.name, "recycle", configuration)
+        timesteps = json.loads((recycle / "plans.json").read_text())["configurations"][configuration]["diffusion"][
+            "timesteps"]
+        res = {"plan": info, "baseline": evaluate_folders(labels, base_pred, dataset_json=dj)["foreground_mean"]}
 
         def predict(tag, **options):
             folder = work / name / "pd_ddpm" / tag
@@ -91,6 +131,7 @@ def run(datasets, work: Path, samples: int, out_file: Path, seed: int) -> dict:
         unc_dir, unc = predict(f"samples{samples}", num_samples=samples)
         unc.update(_uncertainty_stats(unc_dir, labels), num_samples=samples)
         res["uncertainty_full_sampling"] = unc
+        results[name] = res
         out_file.write_text(json.dumps(results, indent=2, default=float))
         logger.info("%s: %s", name, json.dumps({k: v for k, v in res.items() if k != "pd_ddpm"}, default=float)[:2000])
     _plot(results, out_file.with_suffix(".png"))
@@ -114,7 +155,7 @@ def _plot(results: dict, png: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["synthetic-us2d", "mni-tissue2d"])
+    parser.add_argument("--datasets", nargs="+", default=["synthetic-us2d", "mni-tissue2d", "synthetic-ct3d"])
     parser.add_argument("--work", default="benchmark_work")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--out", default="docs/benchmark_pd_ddpm.json")

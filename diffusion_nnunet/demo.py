@@ -60,7 +60,8 @@ class DemoSettings:
     seed: int = 0
 
 
-def _configuration(plans: dict) -> str:
+def default_configuration(plans: dict) -> str:
+    """The configuration the demo and the benchmarks train: 2d for 2D datasets, else 3d_fullres."""
     return "2d" if "2d" in plans["configurations"] and "3d_fullres" not in plans["configurations"] else "3d_fullres"
 
 
@@ -86,7 +87,7 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     budget = get_budget(settings.budget or ("gpu" if device.type == "cuda" else "cpu-small"))
     logger.info("[2/5] plan-and-preprocess with the %s budget", budget.name)
     plans = plan_and_preprocess(str(dataset_id), budget, num_processes=2)
-    configuration = _configuration(plans)
+    configuration = default_configuration(plans)
 
     rows, predictions, fold_dirs = [], {}, {}
 

@@ -44,6 +44,10 @@ class ComputeBudget:
         min_batch_size: nnU-Net never goes below 2.
         throughput_gflops: effective training throughput of the target machine.
         iteration_overhead_s: seconds per iteration that do not scale with the network.
+        sampling_seconds_per_patch: time PD-DDPM may spend on one sliding-window patch (all its
+            samples and reverse steps); it sets the proposed number of samples. None: no limit.
+        max_samples: most PD-DDPM samples the planner proposes (an implicit ensemble of 8 already
+            gives usable uncertainty maps).
     """
 
     name: str
@@ -61,6 +65,8 @@ class ComputeBudget:
     min_batch_size: int = 2
     throughput_gflops: float = CPU_REFERENCE_GFLOPS
     iteration_overhead_s: float = CPU_ITERATION_OVERHEAD_S
+    sampling_seconds_per_patch: float | None = None
+    max_samples: int = 8
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +86,7 @@ PRESETS: dict[str, ComputeBudget] = {
         iterations_per_epoch=50,
         val_iterations_per_epoch=5,
         max_batch_size=8,
+        sampling_seconds_per_patch=0.1,
     ),
     # Tests and smoke runs: seconds, not minutes.
     "cpu-tiny": ComputeBudget(
@@ -94,6 +101,7 @@ PRESETS: dict[str, ComputeBudget] = {
         val_iterations_per_epoch=1,
         min_epochs=1,
         max_batch_size=2,
+        sampling_seconds_per_patch=0.01,
     ),
 }
 

@@ -16,7 +16,7 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from planning.budget import ComputeBudget, estimate_seconds_per_iteration
+from planning.budget import ComputeBudget, estimate_seconds_per_iteration, unet_forward_flops
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,16 @@ class BudgetedPlanner(ExperimentPlanner):
     def _diffusion_section(self, plan: dict) -> dict:
         """What the diffusion trainers need, and what they cost under the same schedule as the baseline."""
         num_classes = len(self.dataset_json["labels"])
+        # PD-DDPM: start from the nnU-Net pre-segmentation with at most 40 % of the reverse steps
+        start_step = max(0, int(0.4 * DEFAULT_TIMESTEPS) - 1)
+        num_samples, samples_reason = self._proposed_samples(plan, start_step + 1, num_classes)
         return {
             "timesteps": DEFAULT_TIMESTEPS,
             "sampler": "ddpm",
-            # PD-DDPM: start from the nnU-Net pre-segmentation with at most 40 % of the reverse steps
-            "start_step": max(0, int(0.4 * DEFAULT_TIMESTEPS) - 1),
+            "start_step": start_step,
+            "start_step_source": "planner: 40 % of the reverse steps (find-best replaces it by the validated best)",
+            "num_samples": num_samples,
+            "num_samples_reason": samples_reason,
             "mask_input_channels": num_classes,
             "self_condition_input_channels": num_classes,
             # standard: 1 forward + backward with C more input channels; the other strategies add a
@@ -99,6 +104,19 @@ class BudgetedPlanner(ExperimentPlanner):
                 "self_condition": round(self._cost(plan, 2.0, 2 * num_classes), 4),
             },
         }
+
+    def _proposed_samples(self, plan: dict, reverse_steps: int, num_classes: int) -> tuple[int, str]:
+        """PD-DDPM samples per case: as many as fit the budget's sampling time per patch, 1..max_samples."""
+        limit = self.budget.sampling_seconds_per_patch
+        if limit is None:
+            return self.budget.max_samples, f"no sampling time limit: the maximum of {self.budget.max_samples}"
+        flops = unet_forward_flops(plan["patch_size"], plan["architecture"]["arch_kwargs"],
+                                   self._num_input_channels() + num_classes, num_classes)
+        per_sample = reverse_steps * flops / (self.budget.throughput_gflops * 1e9)
+        n = int(np.clip(limit // per_sample if per_sample > 0 else self.budget.max_samples, 1,
+                        self.budget.max_samples))
+        return n, (f"{reverse_steps} reverse steps cost ~{per_sample:.3g} s per patch and sample; "
+                   f"{n} fit the budget's {limit:.3g} s per patch (at most {self.budget.max_samples})")
 
     def _num_input_channels(self) -> int:
         return len(self.dataset_json["channel_names"])

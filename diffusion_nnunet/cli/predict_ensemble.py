@@ -11,7 +11,8 @@ def add_arguments(p):
     p.add_argument("--nnunet-folds", nargs="+", default=None, help="folds of the nnU-Net model (default: all)")
     p.add_argument("--diffusion-folds", nargs="+", default=None, help="folds of the diffusion model (default: all)")
     p.add_argument("--start-step", type=int, default=None, help="PD-DDPM start step (default: the plans')")
-    p.add_argument("--num-samples", type=int, default=1, help="diffusion samples (above 1: uncertainty maps)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="diffusion samples (above 1: uncertainty maps; default: the plans' proposal)")
     p.add_argument("-w", "--weights", nargs=2, type=float, default=None, help="ensemble weights: PD-DDPM nnU-Net")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring")
@@ -24,7 +25,8 @@ def run(args):
     from diffusion_nnunet.utils.device import resolve_device
 
     folders = predict_with_ensemble(args.nnunet, args.diffusion, args.input, args.output,
-                                    parse_folds(args.nnunet_folds), parse_folds(args.diffusion_folds), args.start_step, args.num_samples, args.weights,
+                                    parse_folds(args.nnunet_folds), parse_folds(args.diffusion_folds), args.start_step,
+                                    args.num_samples, args.weights,
                                     args.seed, resolve_device(args.device), not args.disable_tta)
     for name, folder in folders.items():
         print(f"{name}: {folder}")

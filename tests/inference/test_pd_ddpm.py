@@ -94,3 +94,17 @@ def test_predict_ensemble_runs_nnunet_pd_ddpm_and_their_ensemble(env, recycle_mo
     for c in cases:  # weights (1, 0): the ensemble is the PD-DDPM prediction
         np.testing.assert_array_equal(_read(out / "ensemble" / c), _read(out / "pd_ddpm" / c))
     assert len(list((out / "pd_ddpm" / "uncertainty").glob("*_entropy.nii.gz"))) == 3
+
+
+def test_proposed_num_samples_comes_from_the_models_configuration(tmp_path):
+    import json
+
+    from diffusion_nnunet.inference.combined import proposed_num_samples
+
+    plans = {"configurations": {"2d": {"diffusion": {"num_samples": 5}}, "3d_fullres": {"diffusion": {"num_samples": 2}},
+                                "3d_lowres": {}}}
+    for configuration, expected in (("2d", 5), ("3d_fullres", 2), ("3d_lowres", 1)):
+        folder = tmp_path / f"DnnDiffusionTrainer_recycle__dnnunetPlans__{configuration}"
+        folder.mkdir()
+        (folder / "plans.json").write_text(json.dumps(plans))
+        assert proposed_num_samples(folder) == expected

@@ -145,3 +145,25 @@ def test_plans_carry_a_diffusion_section_with_its_cost(nnunet_dirs):
     # extra mask channels cost a little; the no-gradient pass adds at most a third of the network cost
     assert base < est["standard"] < est["recycle"] <= base + (est["standard"] - 0.03) * 4 / 3
     assert est["self_condition"] > est["recycle"]
+
+
+def test_proposed_pd_ddpm_samples_follow_the_sampling_time_budget(nnunet_dirs):
+    from dataclasses import replace
+
+    from planning.budget import unet_forward_flops
+
+    name = _fake_dataset(nnunet_dirs, "Dataset906_Flat", (1, 128, 128), (999.0, 0.3, 0.3))
+    proposals = []
+    for limit in (None, 1.0, 0.05, 1e-6):
+        planner = BudgetedPlanner(name, replace(get_budget("cpu-small"), sampling_seconds_per_patch=limit))
+        planner.save_plans = lambda plans: None
+        cfg = planner.plan_experiment()["configurations"]["2d"]
+        diff = cfg["diffusion"]
+        proposals.append(diff["num_samples"])
+        assert 1 <= diff["num_samples"] <= 8 and diff["num_samples_reason"]
+        if limit == 0.05:  # as many samples of start_step + 1 reverse steps as fit 0.05 s per patch
+            per_sample = (diff["start_step"] + 1) * unet_forward_flops(
+                cfg["patch_size"], cfg["architecture"]["arch_kwargs"], 1 + 3, 3) / 150e9
+            assert diff["num_samples"] == min(8, max(1, int(0.05 // per_sample)))
+    assert proposals[0] == 8 and proposals[-1] == 1  # no limit: the maximum; a tiny limit: one sample
+    assert proposals == sorted(proposals, reverse=True)
