@@ -1,0 +1,61 @@
+"""End to end: partially labelled dataset -> plan -> semi_teacher -> semi_cotrain -> predict (tiny, CPU)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+DATASET_ID = 531
+TRAIN = ["-device", "cpu", "--seed", "0", "--epochs", "1", "--iterations", "2", "--val-iterations", "1"]
+
+
+@pytest.mark.slow
+def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
+    from diffusion_nnunet.cli.main import main
+    from diffusion_nnunet.datasets import make_dataset
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from planning.budget import get_budget
+    from planning.pipeline import plan_and_preprocess
+
+    raw = make_dataset("synthetic-us2d", nnunet_dirs["nnUNet_raw"], DATASET_ID, num_train=10, num_test=2, seed=3,
+                       labelled_fraction=0.5)
+    unlabelled = json.loads((raw / "dataset.json").read_text())["unlabelled"]
+    assert len(unlabelled) == 5
+    plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
+
+    # nnU-Net's folder holds the labelled cases only; the unlabelled images sit beside it, without labels
+    pre = nnunet_dirs["nnUNet_preprocessed"] / raw.name
+    fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == 10 and fingerprint["num_unlabelled_cases"] == 5
+    labelled_ids = sorted(nnUNetDatasetBlosc2(str(pre / "dnnunetPlans_2d")).identifiers)
+    assert labelled_ids == sorted(p.name[:-7] for p in (raw / "labelsTr").iterdir())
+    unl = pre / "dnnunetPlans_2d_unlabelled"
+    assert sorted(p.stem for p in unl.glob("*.b2nd")) == unlabelled and not list(unl.glob("*_seg*"))
+
+    results = nnunet_dirs["nnUNet_results"] / raw.name
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_teacher", *TRAIN]) == 0
+    teacher = results / "DnnSemiTeacherTrainer__dnnunetPlans__2d"
+    assert (teacher / "fold_0" / "checkpoint_final.pth").is_file()
+
+    # semi_cotrain refuses to start without its teacher
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_cotrain", *TRAIN]) == 2
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_cotrain", "--teacher", str(teacher),
+                 "--rounds", "1", *TRAIN]) == 0
+    model = results / "DnnSemiCoTrainer__dnnunetPlans__2d"
+    fold = model / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    teacher_ckpt = torch.load(teacher / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert {k.split(".")[0] for k in ckpt["network_weights"]} >= {"teacher", "student", "selected"}
+    assert ckpt["init_args"]["dnnunet_config"]["semi"]["rounds"] == 1
+    # the co-trained teacher started from the pre-trained one (and both were updated since)
+    key = next(k for k in teacher_ckpt["network_weights"] if k.endswith("weight") and "seg.unet" in k)
+    assert not torch.equal(ckpt["network_weights"][f"teacher.{key}"], teacher_ckpt["network_weights"][key])
+    assert (fold / "progress.png").is_file() and (fold / "validation" / "summary.json").is_file()
+
+    out = tmp_path / "pred"
+    assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "semi_cotrain",
+                 "-f", "0", "-device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["us_ts_0000.nii.gz", "us_ts_0001.nii.gz"]
+    assert main(["evaluate", "-ref", str(raw / "labelsTs"), "-pred", str(out)]) == 0
