@@ -1,0 +1,186 @@
+"""Benchmark of semi-supervised training (methods.md section 7) against its two reference points.
+
+Usage: python benchmarks/semi_supervised.py [--datasets synthetic-us2d mni-tissue2d] [--fractions 0.1 0.2]
+                                            [--methods baseline cps semi_r1 semi_r3]
+                                            [--epochs E --iterations I] [--out docs/benchmark_semi.json]
+       python benchmarks/semi_supervised.py --report-only [--out ...]
+
+For each dataset and labelled fraction: generate the dataset with only that share of the training
+cases labelled (the rest are unlabelled images), plan once with the cpu-small budget, and train on
+fold 0 with the same plans, seed and number of epochs x iterations:
+
+- ``baseline``: the nnU-Net baseline on the labelled part only (nnU-Net's preprocessed folder
+  holds only the labelled cases, so this is what it sees);
+- ``cps``: plain cross pseudo-supervision (teacher and student without teacher pre-training,
+  no reconstruction rounds);
+- ``semi_rR``: ``semi_teacher`` pre-training (once per dataset and fraction, shared), then
+  ``semi_cotrain --rounds R`` from that teacher.
+
+Each model predicts imagesTs (diffusion models: their default one-step sampling) and is evaluated
+against labelsTs (mean foreground Dice, HD95, NSD). Training seconds are measured; for the
+``semi_*`` methods the teacher pre-training is reported separately (it is extra compute on top of
+the shared epochs x iterations). Results are appended to the JSON file as each method finishes,
+so an interrupted run keeps what it finished (rerun to continue: finished methods are skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+logger = logging.getLogger("benchmark")
+
+DATASET_IDS = {"synthetic-us2d": 610, "mni-tissue2d": 640}  # + round(20 * fraction): 0.1 -> 612
+METHODS = ("baseline", "cps", "semi_r1", "semi_r3")
+
+
+def _dataset_id(name: str, fraction: float) -> int:
+    return DATASET_IDS[name] + int(round(20 * fraction))
+
+
+def _trainer_and_rounds(method: str) -> tuple[str, int | None]:
+    if method.startswith("semi_r"):
+        return "semi_cotrain", int(method[len("semi_r"):])
+    return method, None
+
+
+def _evaluate(model: Path, raw: Path, out: Path, device, seed: int) -> dict:
+    from diffusion_nnunet.evaluation import evaluate_folders
+    from diffusion_nnunet.inference.predictor import predict_folder
+
+    start = time.perf_counter()
+    is_diffusion = "Semi" in model.name
+    predict_folder(model, raw / "imagesTs", out, folds=[0], device=device,
+                   diffusion_options={"seed": seed} if is_diffusion else None)
+    seconds = time.perf_counter() - start
+    ev = evaluate_folders(raw / "labelsTs", out, dataset_json=raw / "dataset.json")["foreground_mean"]
+    return {"dice": ev["Dice"], "hd95": ev["HD95"], "nsd": ev["NSD"], "predict_seconds": round(seconds, 1)}
+
+
+def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epochs: int | None,
+        iterations: int | None) -> dict:
+    import torch
+
+    from diffusion_nnunet import paths
+    from diffusion_nnunet.datasets import make_dataset
+    from diffusion_nnunet.inference.predictor import model_folder
+    from diffusion_nnunet.training.run import train_fold
+    from diffusion_nnunet.utils.atomic import write_json
+    from planning.budget import get_budget
+    from planning.pipeline import plan_and_preprocess
+
+    device = torch.device("cpu")
+    results = json.loads(out_file.read_text()) if out_file.is_file() else {}
+    overrides = {"seed": seed, "num_epochs": epochs, "num_iterations_per_epoch": iterations}
+    for name in datasets:
+        for fraction in fractions:
+            key = f"{name}@{fraction:g}"
+            dataset_id = _dataset_id(name, fraction)
+            raw = next(paths.raw().glob(f"Dataset{dataset_id:03d}_*"), None) if paths.raw().is_dir() else None
+            raw = raw or make_dataset(name, paths.raw(), dataset_id, seed=seed, labelled_fraction=fraction)
+            plans = plan_and_preprocess(raw.name, get_budget("cpu-small"), ["2d"], num_processes=2)
+            budget = plans["configurations"]["2d"]["training_budget"]
+            meta = json.loads((raw / "dataset.json").read_text())
+            res = results.setdefault(key, {
+                "dataset": name, "labelled_fraction": fraction,
+                "labelled_cases": meta["numTraining"] - len(meta.get("unlabelled", [])),
+                "unlabelled_cases": len(meta.get("unlabelled", [])),
+                "epochs": epochs or budget["num_epochs"], "iterations": iterations or budget["num_iterations_per_epoch"],
+                "methods": {}})
+            store = work / "models" / raw.name
+            for method in methods:
+                if method in res["methods"]:
+                    continue
+                trainer, rounds = _trainer_and_rounds(method)
+                entry: dict = {}
+                values = dict(overrides)
+                if rounds is not None:
+                    teacher = store / "semi_teacher"
+                    if not teacher.is_dir():
+                        start = time.perf_counter()
+                        train_fold(raw.name, "2d", 0, "semi_teacher", config_overrides=values, device=device,
+                                   continue_training=True, validate=False)
+                        res["teacher_train_seconds"] = round(time.perf_counter() - start, 1)
+                        store.mkdir(parents=True, exist_ok=True)
+                        shutil.move(str(model_folder(raw.name, "semi_teacher", "2d")), teacher)
+                    values["semi"] = {"teacher": str(teacher), "rounds": rounds}
+                    entry["teacher_train_seconds"] = res.get("teacher_train_seconds")
+                start = time.perf_counter()
+                fold = train_fold(raw.name, "2d", 0, trainer, config_overrides=values, device=device,
+                                  continue_training=True, validate=True)
+                entry["train_seconds"] = round(time.perf_counter() - start, 1)
+                stats = json.loads((fold / "training_stats.json").read_text())
+                entry["median_seconds_per_iteration"] = stats["median_seconds_per_iteration"]
+                entry["validation_dice"] = json.loads((fold / "validation" / "summary.json").read_text())[
+                    "foreground_mean"]["Dice"]
+                if trainer != "baseline":
+                    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+                    if "selected" in ckpt["network_weights"]:
+                        entry["selected"] = ("teacher", "student")[int(ckpt["network_weights"]["selected"])]
+                # semi_cotrain folders of different R share a name: keep each under its method
+                model = store / method
+                if model.exists():
+                    shutil.rmtree(model)
+                shutil.move(str(fold.parent), model)
+                entry["test"] = _evaluate(model, raw, work / "predictions" / raw.name / method, device, seed)
+                res["methods"][method] = entry
+                write_json(results, out_file)
+                logger.info("%s / %s: %s", key, method, json.dumps(entry))
+    return results
+
+
+def render_markdown(results: dict) -> str:
+    """The JSON results as one Markdown table per dataset and labelled fraction."""
+    lines = []
+    for key, res in results.items():
+        lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled "
+                  f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
+                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold 0; imagesTs.", "",
+                  "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration |",
+                  "|:---|---:|---:|---:|---:|:---|---:|---:|---:|"]
+        for method, e in res["methods"].items():
+            t = e["test"]
+            teacher_s = e.get("teacher_train_seconds")
+            lines.append(f"| {method} | {t['dice']:.4f} | {t['hd95']:.3f} | {t['nsd']:.4f} | "
+                         f"{e['validation_dice']:.4f} | {e.get('selected', '-')} | {e['train_seconds']:.0f} | "
+                         f"{'-' if teacher_s is None else f'{teacher_s:.0f}'} | "
+                         f"{e['median_seconds_per_iteration']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASET_IDS), choices=list(DATASET_IDS))
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help="baseline, cps, semi_rR (semi_cotrain with R rounds, e.g. semi_r1 semi_r3)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every training (default: the plan's)")
+    parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: the plan's)")
+    parser.add_argument("--out", default="docs/benchmark_semi.json")
+    parser.add_argument("--work", default="benchmark_work_semi", help="data, models and predictions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="only render --out as Markdown")
+    args = parser.parse_args()
+    if args.report_only:
+        print(render_markdown(json.loads(Path(args.out).read_text())))
+        return
+    for method in args.methods:
+        if method not in ("baseline", "cps") and not (method.startswith("semi_r") and method[6:].isdigit()):
+            parser.error(f"unknown method {method!r}")
+    work = Path(args.work).absolute()
+    os.environ.setdefault("DNNUNET_DATA", str(work / "data"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import diffusion_nnunet  # noqa: F401  (sets the nnU-Net folders from DNNUNET_DATA)
+    from diffusion_nnunet.training.base import DnnTrainer
+
+    DnnTrainer.show_progress = False
+    run(args.datasets, args.fractions, args.methods, Path(args.out), work, args.seed, args.epochs, args.iterations)
+
+
+if __name__ == "__main__":
+    main()
