@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 DATASET_ID = 531
-TRAIN = ["-device", "cpu", "--seed", "0", "--epochs", "1", "--iterations", "2", "--val-iterations", "1"]
+
+
+def train_args(epochs: int = 1) -> list[str]:
+    return ["-device", "cpu", "--seed", "0", "--epochs", str(epochs), "--iterations", "2", "--val-iterations", "1"]
+
+
+TRAIN = train_args()
 
 
 @pytest.mark.slow
@@ -54,8 +59,16 @@ def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
     assert not torch.equal(ckpt["network_weights"][f"teacher.{key}"], teacher_ckpt["network_weights"][key])
     assert (fold / "progress.png").is_file() and (fold / "validation" / "summary.json").is_file()
 
+    # --continue resumes teacher and student from the checkpoint (the --teacher weights are not reloaded)
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_cotrain", "--continue", "--skip-validation",
+                 *train_args(epochs=2)]) == 0
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == 2 and resumed["init_args"]["dnnunet_config"]["semi"]["teacher"] == str(teacher)
+    assert not torch.equal(resumed["network_weights"][f"teacher.{key}"], ckpt["network_weights"][f"teacher.{key}"])
+
     out = tmp_path / "pred"
     assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "semi_cotrain",
-                 "-f", "0", "-device", "cpu"]) == 0
+                 "-f", "0", "-device", "cpu", "--save-probabilities"]) == 0
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["us_ts_0000.nii.gz", "us_ts_0001.nii.gz"]
+    assert len(list(out.glob("*.npz"))) == 2  # probabilities, for ensembles
     assert main(["evaluate", "-ref", str(raw / "labelsTs"), "-pred", str(out)]) == 0
