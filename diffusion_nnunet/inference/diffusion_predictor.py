@@ -67,13 +67,16 @@ class DiffusionPredictor(DnnPredictor):
             sliding-window tile (and mirroring), pooled across tiles with nnU-Net's Gaussian weights.
         overview_png_for: callable case -> first image file; writes CASE_overview.png (image,
             prediction, entropy) for each case, to uncertainty/CASE_overview.png.
+        max_sample_batch: most samples run as one batch (None: the plans' batch size, which fits
+            the device's memory); more samples run in several batches.
         **kwargs: nnUNetPredictor's arguments (tile_step_size, use_mirroring, device, ...).
     """
 
     def __init__(self, sampler: str = "ddpm", num_steps: int | None = None, num_samples: int = 1,
                  keep_steps: bool = False, seed: int = 0, save_every_step: bool = False,
                  presegmentation: str | Path | None = None, start_step: int | None = None,
-                 soft_start: bool = False, uncertainty: bool | None = None, overview_png_for=None, **kwargs):
+                 soft_start: bool = False, uncertainty: bool | None = None, overview_png_for=None,
+                 max_sample_batch: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.sampler, self.num_steps, self.num_samples = sampler, num_steps, num_samples
         self.keep_steps, self.seed = keep_steps or save_every_step, seed
@@ -82,6 +85,7 @@ class DiffusionPredictor(DnnPredictor):
         self.start_step, self.soft_start = start_step, soft_start
         self.uncertainty = num_samples > 1 if uncertainty is None else uncertainty
         self.overview_png_for = overview_png_for
+        self.max_sample_batch = max_sample_batch
         self.last_sample_statistics: torch.Tensor | None = None
         self.schedule: NoiseSchedule | None = None
         self.self_condition = False
@@ -168,16 +172,20 @@ class DiffusionPredictor(DnnPredictor):
             variants += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
         total, num_image_channels = None, len(self.dataset_json["channel_names"])
         stats = SampleStatistics(with_mutual_information=True) if self.uncertainty else None
+        chunk = self.sample_batch_size()
         for flip in variants:
-            tile = torch.flip(x, flip) if flip else x
+            tile = torch.flip(x, flip) if flip else x  # the sliding window passes one tile at a time
             image, x0_pre = tile[:, :num_image_channels], tile[:, num_image_channels:]
-            for _ in range(self.num_samples):
-                steps = self._sample_tile(image, x0_pre if x0_pre.shape[1] else None)  # (K, B, C, *spatial)
-                if flip:
+            for first in range(0, self.num_samples, chunk):
+                n = min(chunk, self.num_samples - first)  # n samples run as one batch
+                steps = self._sample_tile(image.repeat_interleave(n, 0),
+                                          x0_pre.repeat_interleave(n, 0) if x0_pre.shape[1] else None)
+                if flip:  # (K, n, C, *spatial)
                     steps = torch.flip(steps, [a + 1 for a in flip])
-                total = steps if total is None else total + steps
+                total = steps.sum(1, keepdim=True) if total is None else total + steps.sum(1, keepdim=True)
                 if stats is not None:
-                    stats.update(steps[-1, 0])  # the sliding window passes one tile at a time
+                    for sample_probs in steps[-1]:
+                        stats.update(sample_probs)
         probs = total / (len(variants) * self.num_samples)
         k, b = probs.shape[:2]
         out = torch.log(probs.clamp_min(1e-6)).transpose(0, 1).reshape(b, -1, *probs.shape[3:])
@@ -232,6 +240,13 @@ class DiffusionPredictor(DnnPredictor):
             image, seg, entropy = image[z], seg[z], entropy[z]
         overlay_png(image, {"prediction": seg}, out.parent / "uncertainty" / f"{out.name}_overview.png", title=out.name,
                     extra_maps={"entropy": entropy})
+
+    def sample_batch_size(self) -> int:
+        """Samples that run as one batch: all of them, up to the plans' training batch size (which the
+        planner sized for the device's memory, with gradients; sampling needs no gradients)."""
+        if self.max_sample_batch is not None:
+            return max(1, min(self.num_samples, self.max_sample_batch))
+        return max(1, min(self.num_samples, int(self.configuration_manager.batch_size)))
 
     def _sample_tile(self, image: torch.Tensor, x0_pre: torch.Tensor | None = None) -> torch.Tensor:
         network, sc = self.network, self.self_condition

@@ -108,3 +108,36 @@ def test_proposed_num_samples_comes_from_the_models_configuration(tmp_path):
         folder.mkdir()
         (folder / "plans.json").write_text(json.dumps(plans))
         assert proposed_num_samples(folder) == expected
+
+
+class _BatchRecorder(torch.nn.Module):
+    """Wraps the network and records the batch size of every call."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network, self.batches = network, []
+
+    def forward(self, x, t):
+        self.batches.append(x.shape[0])
+        return self.network(x, t)
+
+
+@pytest.mark.parametrize("max_batch, expected", [(None, [2, 2, 1]), (2, [2, 2, 1]), (5, [5]), (1, [1] * 5)])
+def test_samples_run_batched_up_to_the_limit(env, recycle_model, tmp_path, max_batch, expected):
+    """5 samples: in batches of the plans' batch size (2 for cpu-tiny) by default, or of the given limit;
+    each batch runs every reverse step once (PD-DDPM k = 1: two steps)."""
+    raw = env["raw"]
+    predictor = load_predictor(recycle_model, [0], device=torch.device("cpu"), use_mirroring=False,
+                               diffusion_options={"presegmentation": raw / "labelsTs", "start_step": 1,
+                                                  "num_samples": 5, "max_sample_batch": max_batch})
+    predictor.network = recorder = _BatchRecorder(predictor.network)
+    predictor.list_of_parameters = [recorder.state_dict()]
+    images = tmp_path / "one"
+    images.mkdir()
+    first = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    shutil.copy(first, images / first.name)
+    run_prediction(predictor, images, tmp_path / "out")
+    per_tile = [b for b in expected for _ in range(2)]  # each batch: 2 reverse steps
+    assert len(recorder.batches) % len(per_tile) == 0
+    assert recorder.batches == per_tile * (len(recorder.batches) // len(per_tile))
+    assert len(list((tmp_path / "out" / "uncertainty").glob("*_entropy.nii.gz"))) == 1
