@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import TrainingConfig
+from diffusion_nnunet.training.ddp_loss import make_shard_aware
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,10 @@ class DnnTrainer(nnUNetTrainer):
         self.network = DistributedDataParallel(
             self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # rebuilt as a DDP loss: Dice over the global batch, and no zero deep-supervision weight
-        # (a parameter without gradient would stall DDP's gradient reduction)
-        self.loss = self._build_loss()
+        # (a parameter without gradient would stall DDP's gradient reduction); made exact for
+        # shards of unequal size
+        self.loss = make_shard_aware(self._build_loss(), self.batch_size, self.configuration_manager.batch_size,
+                                     distributed.world_size())
 
     def _set_batch_size_and_oversample(self):
         """The rank's share of the planned batch (see `distributed.shard_batch`)."""

@@ -265,6 +265,9 @@ def run_from_environment(fn: Callable[..., Any], args: tuple, device: torch.devi
     env = DistributedEnv.from_environ()
     if env is None:
         raise UserInputError("not launched by torchrun: WORLD_SIZE is not set")
+    if env.rank != 0:  # every rank would repeat rank 0's progress messages
+        root = logging.getLogger()
+        root.setLevel(max(root.getEffectiveLevel(), logging.WARNING))
     device = init_process_group(env, device, timeout_s)
     try:
         return fn(device, *args)

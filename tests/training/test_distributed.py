@@ -108,6 +108,60 @@ def test_num_processes_conflicts_with_torchrun(monkeypatch):
         train("999", "2d", 0, num_processes=2)
 
 
+def _dc_and_ce(batch_dice: bool, ddp: bool):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": ddp}, {},
+                          weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def test_shard_aware_loss_weights_local_means_by_the_shard_share():
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from diffusion_nnunet.training.ddp_loss import ShardedBatchDiceLoss, make_shard_aware
+
+    loss = make_shard_aware(DeepSupervisionWrapper(_dc_and_ce(True, True), [0.5, 0.5]), 1, 3, 2)
+    assert isinstance(loss.loss.dc, ShardedBatchDiceLoss)  # gathered: global already, weight kept
+    assert (loss.loss.weight_ce, loss.loss.weight_dice) == pytest.approx((2 / 3, 1))
+    per_sample = make_shard_aware(_dc_and_ce(False, True), 2, 3, 2)
+    assert (per_sample.weight_ce, per_sample.weight_dice) == pytest.approx((4 / 3, 4 / 3))
+    even = make_shard_aware(_dc_and_ce(True, True), 2, 4, 2)
+    assert (even.weight_ce, even.weight_dice) == (1, 1)
+
+
+def _loss_gradients(device: torch.device, out_file: str) -> None:
+    """Gradient of nnU-Net's Dice + CE for a fixed batch of 3: this rank's shard (2 or 1 samples)
+    under DDP with the shard-aware loss, or the whole batch outside a process group."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from diffusion_nnunet.training.ddp_loss import make_shard_aware
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 3, (3, 1, 8, 8))
+    world, rank = distributed.world_size(), distributed.rank()
+    shard = shard_batch(3, world, rank, 0.33)
+    loss = _dc_and_ce(True, world > 1)
+    if world > 1:
+        net = DistributedDataParallel(net)
+        loss = make_shard_aware(loss, shard.size, 3, world)
+    loss(net(x[shard.start:shard.stop]), y[shard.start:shard.stop]).backward()
+    if rank == 0:
+        torch.save({n.removeprefix("module."): p.grad for n, p in net.named_parameters()}, out_file)
+
+
+@pytest.mark.slow
+def test_uneven_shards_give_the_single_process_gradient(tmp_path):
+    """Batch 3 over 2 ranks (2 + 1 samples): nnU-Net's own DDP loss fails here (gloo: size
+    mismatch in the Dice gather) and would weigh the lone sample double in the CE."""
+    _loss_gradients(torch.device("cpu"), str(tmp_path / "single.pt"))
+    distributed.launch(_loss_gradients, (str(tmp_path / "ddp.pt"),), 2, torch.device("cpu"), timeout_s=60)
+    single, ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
+    for name in single:
+        assert torch.allclose(single[name], ddp[name], atol=1e-6, rtol=1e-5), name
+
+
 def _fake_checkpoint(path: Path, epoch: int) -> None:
     torch.save({"network_weights": {"w": torch.zeros(3)}, "current_epoch": epoch}, path)
 
