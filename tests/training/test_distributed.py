@@ -282,7 +282,8 @@ def _fixed_batch_trainer_class():
     return FixedBatchTrainer
 
 
-def _train_on_fixed_batches(device: torch.device, batches_file: str, fold: int, init_file: str) -> None:
+def _train_on_fixed_batches(device: torch.device, batches_file: str, fold: int, init_file: str,
+                            validate: bool = False) -> None:
     """One single-process run, or one rank of a multi-process run (called in each process)."""
     from diffusion_nnunet import paths
     from diffusion_nnunet.training.config import TrainingConfig
@@ -297,6 +298,8 @@ def _train_on_fixed_batches(device: torch.device, batches_file: str, fold: int, 
         "num_epochs": 1, "num_iterations_per_epoch": FIXED_ITERATIONS, "num_val_iterations_per_epoch": 1,
         "seed": 0}))
     trainer.run_training()
+    if validate:
+        trainer.run_final_validation()
 
 
 def _store_global_batches(path: Path) -> None:
@@ -311,6 +314,11 @@ def _store_global_batches(path: Path) -> None:
     train = [next(train_loader) for _ in range(FIXED_ITERATIONS)]
     assert train[0]["data"].shape[0] == 2  # the planned global batch
     torch.save({"train": train, "val": [next(val_loader)]}, path)
+
+
+def _split(plan, fold: int) -> dict:
+    preprocessed = Path(plan["env"]["nnUNet_preprocessed"]) / plan["raw"].name
+    return json.loads((preprocessed / "splits_final.json").read_text())[fold]
 
 
 def _final_checkpoint(folder: Path) -> dict:
@@ -331,10 +339,11 @@ def test_two_processes_train_like_one_on_the_same_global_batches(plan_env, tmp_p
     _store_global_batches(batches)
     init1, init2 = tmp_path / "init1.pt", tmp_path / "init2.pt"
     _train_on_fixed_batches(torch.device("cpu"), str(batches), 3, str(init1))
-    distributed.launch(_train_on_fixed_batches, (str(batches), 4, str(init2)), 2, torch.device("cpu"), timeout_s=120)
+    distributed.launch(_train_on_fixed_batches, (str(batches), 0, str(init2), True), 2, torch.device("cpu"),
+                       timeout_s=120)
 
     folder = plan_env["results"] / "FixedBatchTrainer__dnnunetPlans__2d"
-    single, multi = _final_checkpoint(folder / "fold_3"), _final_checkpoint(folder / "fold_4")
+    single, multi = _final_checkpoint(folder / "fold_3"), _final_checkpoint(folder / "fold_0")
     assert single["current_epoch"] == multi["current_epoch"] == 1
     w1, w2 = single["network_weights"], multi["network_weights"]
     diff = max((w1[k].float() - w2[k].float()).abs().max().item() for k in w1)
@@ -368,7 +377,16 @@ def test_two_processes_train_like_one_on_the_same_global_batches(plan_env, tmp_p
     d1 = single["logging"]["dice_per_class_or_region"][-1]
     d2 = multi["logging"]["dice_per_class_or_region"][-1]
     assert np.allclose(d1, d2, atol=1e-3, equal_nan=True), (d1, d2)
-    assert not (folder / "fold_4" / "checkpoint_latest.pth").exists()
+    assert not (folder / "fold_0" / "checkpoint_latest.pth").exists()
+
+    # nnU-Net's final validation, sharded over the ranks under gloo: rank 0 predicted its half
+    # (its log), waited at the barrier for rank 1's half, then scored all cases
+    val_cases = _split(plan_env, 0)["val"]
+    assert len(val_cases) == 2
+    summary = json.loads((folder / "fold_0" / "validation" / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == 2
+    log = "".join(f.read_text() for f in (folder / "fold_0").glob("training_log_*.txt"))
+    assert sum(f"predicting {case}" in log for case in val_cases) == 1
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -434,7 +452,5 @@ def test_diffusion_trainer_trains_and_validates_in_two_processes(plan_env):
     assert json.loads((fold / "training_stats.json").read_text())["num_processes"] == 2
     # the final validation (not sharded by this trainer) ran once, on rank 0, over all cases
     summary = json.loads((fold / "validation" / "summary.json").read_text())
-    splits = json.loads((Path(plan_env["env"]["nnUNet_preprocessed"]) / plan_env["raw"].name
-                         / "splits_final.json").read_text())
-    assert len(summary["metric_per_case"]) == len(splits[2]["val"])
+    assert len(summary["metric_per_case"]) == len(_split(plan_env, 2)["val"])
     assert len(summary["dice_per_sampling_step"]["mean_foreground_dice"]) >= 1
