@@ -162,6 +162,19 @@ def test_uneven_shards_give_the_single_process_gradient(tmp_path):
         assert torch.allclose(single[name], ddp[name], atol=1e-6, rtol=1e-5), name
 
 
+def _world_size_on(device: torch.device) -> tuple[int, str]:
+    return distributed.world_size(), device.type
+
+
+def test_torchrun_environment_joins_a_process_group(monkeypatch):
+    """A one-process group from torchrun's variables (gloo): what each torchrun rank does."""
+    env = DistributedEnv(0, 1, 0, 1, "127.0.0.1", distributed.find_free_port())
+    for k, v in env.to_environ().items():
+        monkeypatch.setenv(k, v)
+    assert distributed.run_from_environment(_world_size_on, (), torch.device("cpu"), timeout_s=30) == (1, "cpu")
+    assert not distributed.is_distributed()  # left again
+
+
 def _fake_checkpoint(path: Path, epoch: int) -> None:
     torch.save({"network_weights": {"w": torch.zeros(3)}, "current_epoch": epoch}, path)
 
@@ -440,14 +453,17 @@ def test_killed_rank_stops_the_run_and_continue_finishes_with_another_process_co
 
 # --- diffusion trainers: a no-grad first pass through the DDP-wrapped network ------------------
 @pytest.mark.slow
-def test_diffusion_trainer_trains_and_validates_in_two_processes(plan_env):
+def test_diffusion_trainer_trains_continues_and_validates_in_two_processes(plan_env):
     from diffusion_nnunet.cli.main import main
 
-    assert main(["train", "-d", str(DATASET_ID), "-f", "2", "-tr", "recycle", "-device", "cpu", "--seed", "0",
-                 "--num-processes", "2", "--epochs", "1", "--iterations", "2", "--val-iterations", "1"]) == 0
+    args = ["train", "-d", str(DATASET_ID), "-f", "2", "-tr", "recycle", "-device", "cpu", "--seed", "0",
+            "--iterations", "2", "--val-iterations", "1"]
     fold = plan_env["results"] / "DnnDiffusionTrainer_recycle__dnnunetPlans__2d" / "fold_2"
+    assert main(args + ["--epochs", "1", "--skip-validation"]) == 0  # one process
+    # resumed by two processes (rank 0 picks the checkpoint and broadcasts it) for one more epoch
+    assert main(args + ["--epochs", "2", "--continue", "--num-processes", "2"]) == 0
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 1
+    assert final["current_epoch"] == 2 and len(final["logging"]["train_losses"]) == 2
     assert not any(k.startswith("module.") for k in final["network_weights"])  # saved unwrapped
     assert json.loads((fold / "training_stats.json").read_text())["num_processes"] == 2
     # the final validation (not sharded by this trainer) ran once, on rank 0, over all cases
