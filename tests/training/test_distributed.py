@@ -23,9 +23,15 @@ from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.distributed import (DistributedEnv, WorkerFailedError, backend_for,
                                                    cpu_threads_per_process, device_for_rank, shard_batch)
-from diffusion_nnunet.training.run import find_resume_checkpoint
 
 DATASET_ID = 513
+
+
+def find_resume_checkpoint(folder: Path) -> Path | None:
+    # imported here: spawned workers import this module, and run.py pulls in nnunetv2's trainer
+    from diffusion_nnunet.training.run import find_resume_checkpoint as find
+
+    return find(folder)
 TORCHRUN_ENV = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
                 "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
 
