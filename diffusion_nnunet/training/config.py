@@ -65,7 +65,7 @@ class SemiSupervisedConfig:
         round_weight: w in (w / R) * sum_r [Dice(p~_r, target) + L_rec^r].
         chain_rounds: round r + 1 reconstructs from the mask the teacher predicted on round r's
             reconstruction (False: every round from the teacher's mask of the real image).
-        ramp_fraction: lambda(epoch) = min(1, (epoch + 1) / (ramp_fraction * epochs)), a linear ramp.
+        ramp_fraction: lambda(epoch) = min(1, epoch / round(ramp_fraction * epochs)), a linear ramp from 0.
         ce_weight: weight of cross-entropy added to every Dice term (0: Dice only).
         rec_timesteps: T' of the reconstruction pathway's own noise schedule.
         rec_sampling_steps: DDIM steps of Rec that draw the reconstruction x~_r from noise.

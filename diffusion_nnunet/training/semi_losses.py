@@ -174,7 +174,11 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
 
 
 def ramp_weight(epoch: int, num_epochs: int, ramp_fraction: float) -> float:
-    """lambda(epoch): linear from 1 / ramp_epochs at epoch 0 to 1 at ramp_epochs - 1, then 1.
+    """lambda(epoch) = min(1, epoch / ramp_epochs): 0 at epoch 0, linear to 1 at ramp_epochs.
+
+    The first epoch is supervised only: pseudo-labels of untrained models (all background, or
+    the pre-trained teacher's label-free masks) would otherwise pull both models to a trivial
+    agreement before the labels have shaped them.
 
     Args:
         epoch: current epoch, from 0.
@@ -182,7 +186,7 @@ def ramp_weight(epoch: int, num_epochs: int, ramp_fraction: float) -> float:
         ramp_fraction: share of the epochs over which lambda ramps up.
     """
     ramp_epochs = max(1, round(ramp_fraction * num_epochs))
-    return min(1.0, (epoch + 1) / ramp_epochs)
+    return min(1.0, epoch / ramp_epochs)
 
 
 @dataclass

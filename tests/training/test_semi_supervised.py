@@ -207,8 +207,8 @@ def test_zero_unlabelled_cases_degrade_to_supervised_training(tmp_path):
 
 def test_lambda_ramps_linearly_to_one():
     values = [ramp_weight(e, 10, 0.4) for e in range(10)]
-    assert values[:4] == [0.25, 0.5, 0.75, 1.0] and set(values[4:]) == {1.0}
-    assert ramp_weight(0, 1, 0.3) == 1.0
+    assert values[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and set(values[5:]) == {1.0}
+    assert [ramp_weight(e, 2, 0.3) for e in range(2)] == [0.0, 1.0]
 
 
 # ------------------------------------------------------------------------------------------ model
