@@ -139,18 +139,42 @@ def run(datasets, work: Path, samples: int, out_file: Path, seed: int) -> dict:
 
 
 def _plot(results: dict, png: Path) -> None:
+    import matplotlib
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.5 * len(results), 3.5), layout="constrained")
-    for i, (name, res) in enumerate(results.items()):
-        ax = fig.add_subplot(1, len(results), i + 1)
-        steps = [r["reverse_steps"] for r in res["pd_ddpm"]]
-        ax.plot(steps, [r["dice"] for r in res["pd_ddpm"]], "o-", label="PD-DDPM (nnU-Net start)")
-        ax.plot([res["full_sampling"]["reverse_steps"]], [res["full_sampling"]["dice"]], "s", label="full sampling")
-        ax.axhline(res["baseline"]["Dice"], color="gray", ls="--", label="nnU-Net")
-        ax.set(title=name, xlabel="reverse steps", ylabel="mean foreground Dice")
-        ax.legend(fontsize=7)
-    fig.savefig(png, dpi=100)
+    # nnU-Net's progress plot sets a large seaborn font scale globally on import: draw with defaults
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        fig = Figure(figsize=(4.5 * len(results), 3.5), layout="constrained")
+        for i, (name, res) in enumerate(results.items()):
+            ax = fig.add_subplot(1, len(results), i + 1)
+            steps = [r["reverse_steps"] for r in res["pd_ddpm"]]
+            ax.plot(steps, [r["dice"] for r in res["pd_ddpm"]], "o-", label="PD-DDPM (nnU-Net start)")
+            ax.plot([res["full_sampling"]["reverse_steps"]], [res["full_sampling"]["dice"]], "s",
+                    label="full sampling")
+            ax.axhline(res["baseline"]["Dice"], color="gray", ls="--", label="nnU-Net")
+            ax.set(title=name, xlabel="reverse steps", ylabel="mean foreground Dice (imagesTs)")
+            ax.set_xticks(range(1, res["full_sampling"]["reverse_steps"] + 1))
+            ax.legend(fontsize=7)
+        fig.savefig(png, dpi=100)
+
+
+def render_markdown(results: dict) -> str:
+    """The JSON results as Markdown: PD-DDPM against full sampling, the ensemble, uncertainty."""
+    lines = ["| dataset | nnU-Net | full sampling (T steps) | PD-DDPM k: Dice (time / full) | "
+             "ensemble recycle + nnU-Net | entropy AUROC | error rate, lowest / highest entropy decile |",
+             "|:---|---:|:---|:---|:---|---:|:---|"]
+    for name, res in results.items():
+        full = res["full_sampling"]
+        pd = "; ".join(f"k={r['start_step']}: {r['dice']:.4f} ({r['time_ratio_vs_full']:.2f})" for r in res["pd_ddpm"])
+        ens = res["ensemble_recycle_baseline"]
+        unc = res["uncertainty_full_sampling"]
+        deciles = unc["error_rate_by_entropy_decile"]
+        lines.append(f"| {name} ({res['plan']['configuration']}) | {res['baseline']['Dice']:.4f} | "
+                     f"{full['dice']:.4f} ({full['reverse_steps']} steps, {full['seconds']:.1f} s) | {pd} | "
+                     f"{ens['dice']:.4f} ({ens['dice_minus_baseline']:+.4f}) | "
+                     f"{unc['auroc_entropy_detects_errors']:.3f} | "
+                     f"{deciles[0]['error_rate']:.2e} / {deciles[-1]['error_rate']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -160,12 +184,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--out", default="docs/benchmark_pd_ddpm.json")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="only render --out as Markdown and the plot")
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads(Path(args.out).read_text())
+        _plot(results, Path(args.out).with_suffix(".png"))
+        print(render_markdown(results))
+        return
     work = Path(args.work).absolute()
     os.environ.setdefault("DNNUNET_DATA", str(work / "data"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import diffusion_nnunet  # noqa: F401  (sets the nnU-Net folders from DNNUNET_DATA)
+    from diffusion_nnunet.training.base import DnnTrainer
 
+    DnnTrainer.show_progress = False
     run(args.datasets, work, args.samples, Path(args.out), args.seed)
 
 
