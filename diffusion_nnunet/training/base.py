@@ -194,9 +194,17 @@ class DnnTrainer(nnUNetTrainer):
         """nnU-Net's step, split so that subclasses only replace `compute_loss`."""
         data, target = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        # autocast only on CUDA: on the CPU it is slow, on MPS unsupported (as in nnU-Net)
-        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast():
             loss = self.compute_loss(data, target)
+        self.backward_and_step(loss)
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def autocast(self):
+        """Mixed precision on CUDA only: on the CPU it is slow, on MPS unsupported (as in nnU-Net)."""
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """nnU-Net's update: backward (through the grad scaler on CUDA), clip the norm at 12, step."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -207,7 +215,6 @@ class DnnTrainer(nnUNetTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy()}
 
     def compute_loss(self, data: torch.Tensor, target) -> torch.Tensor:
         """The training loss of one batch (nnU-Net: Dice + CE of the network's output)."""

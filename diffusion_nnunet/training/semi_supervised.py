@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
-from nnunetv2.utilities.helpers import dummy_context
 
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import UserInputError
@@ -124,18 +123,9 @@ class _SemiBase(DnnDiffusionTrainer):
     def train_step(self, batch: dict) -> dict:
         """One update on the loss of `semi_loss` (nnU-Net's step: autocast on CUDA, clipping at 12)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast():
             loss, parts = self.semi_loss(batch)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        self.backward_and_step(loss)
         return {"loss": loss.detach().cpu().numpy(), **parts}
 
     def semi_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
