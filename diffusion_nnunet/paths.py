@@ -23,10 +23,11 @@ def set_default_environment() -> None:
         os.environ.setdefault(name, str(data_root() / name))
     # nnunetv2 defaults to 8 worker processes; each pays seconds of imports on a small machine.
     os.environ.setdefault("nnUNet_def_n_proc", str(min(2, os.cpu_count() or 1)))
-    # OpenMP threads that spin while waiting make torch's CPU kernels collapse when another
-    # process shares the cores (measured on 2 cores: 1.36 s instead of 0.17 s per training step);
-    # sleeping waits cost little on an idle machine. Read by OpenMP when torch loads it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # torch's OpenMP threads spin 300,000 times before they sleep: when another process shares
+    # the cores, those spins steal its time slices and CPU training collapsed (1.36 s instead of
+    # 0.17 s per step, 2 cores). A short spin keeps the idle speed (docs/benchmarks.md). Read by
+    # OpenMP when torch loads it, so it must be set before torch is imported.
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
 def raw() -> Path:
