@@ -7,6 +7,7 @@ tables) stays cheap.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -27,6 +28,20 @@ _OVERLAY_ALPHA = 0.5
 
 # --------------------------------------------------------------------------------------------
 # drawing helpers
+
+
+def _default_style(draw):
+    """Draw with matplotlib's default style: nnunetv2's progress plot sets a seaborn font scale of
+    2.5 for the whole process on import, which made titles overlap."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def _new_figure(n_rows: int, n_cols: int):
@@ -93,6 +108,7 @@ def _check_2d(name: str, arr: np.ndarray, shape: tuple[int, ...] | None = None) 
 # figures
 
 
+@_default_style
 def overlay_png(image: np.ndarray, masks: Mapping[str, np.ndarray], output_png: str | os.PathLike,
                 title: str | None = None, extra_maps: Mapping[str, np.ndarray] | None = None,
                 aspect: float = 1.0) -> Path:
@@ -176,6 +192,7 @@ def most_foreground_slice(segmentations: Sequence[np.ndarray]) -> int:
     return int(segmentations[0].shape[0] // 2)
 
 
+@_default_style
 def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
                       prediction_dirs: Mapping[str, str | os.PathLike],
                       reference_dir: str | os.PathLike | None, output_png: str | os.PathLike,

@@ -113,3 +113,23 @@ def test_text_table():
     assert lines[3].split() == ["C", "n/a", "3"]
     # numbers right-aligned in fixed-width columns
     assert lines[2].index("0.91") + 4 == lines[3].index("n/a") + 3
+
+
+def test_titles_keep_the_default_size_when_seaborn_scaled_the_fonts(tmp_path, monkeypatch):
+    """nnunetv2 calls seaborn.set(font_scale=2.5) on import; our figures must not inherit it."""
+    import matplotlib
+    import seaborn
+
+    from diffusion_nnunet import reporting
+
+    drawn = []
+    monkeypatch.setattr(reporting, "_save_png", lambda fig, out: drawn.append(fig) or out)
+    with matplotlib.rc_context():
+        seaborn.set_theme(font_scale=2.5)
+        scaled = matplotlib.rcParams["font.size"]
+        overlay_png(np.zeros((8, 8)), {"prediction": np.zeros((8, 8), np.uint8)}, tmp_path / "a.png", title="t")
+        assert matplotlib.rcParams["font.size"] == scaled  # the caller's style is left as it was
+    titles = [ax.title.get_fontsize() for ax in drawn[0].axes if ax.get_title()]
+    default = matplotlib.font_manager.FontProperties(size=matplotlib.rcParamsDefault["axes.titlesize"])
+    assert scaled > 2 * matplotlib.rcParamsDefault["font.size"]
+    assert titles and all(size <= default.get_size_in_points() + 0.01 for size in titles)
