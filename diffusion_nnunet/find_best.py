@@ -191,7 +191,7 @@ def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), 
                     if c.start_step is not None:
                         options.update(presegmentation=folder_of["nnU-Net"](fold), start_step=c.start_step)
                 predict_folder(c.models[-1], inputs, target, folds=[fold], device=device, save_probabilities=True,
-                               use_mirroring=use_mirroring, overwrite=False, diffusion_options=options)
+                               use_mirroring=use_mirroring, diffusion_options=options)
             ev = evaluate_folders(reference, target, dataset_json=dataset_json)
             c.dice_per_fold[str(fold)] = float(ev["foreground_mean"]["Dice"])
             per_case[c.name] += ev["per_case"]

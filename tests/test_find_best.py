@@ -80,7 +80,7 @@ def test_find_best_on_the_validation_fold(env, recycle_model, tmp_path, capsys):
     assert info["best"]["name"] in instructions and "dnnunet predict" in instructions
     assert json.loads((out / "inference_information.json").read_text())["best"]["name"] == info["best"]["name"]
 
-    # the command: reuses the predictions (overwrite off) and prints the ranking
+    # the command: only the candidates asked for, and the ranking printed
     assert main(["find-best", "-d", "511", "--nnunet", str(env["model"]), "--diffusion", str(diffusion),
                  "--start-steps", "1", "--keep-plans", "-device", "cpu"]) == 0
     printed = capsys.readouterr().out
