@@ -70,8 +70,8 @@ def _trained_models(name: str, work: Path, seed: int, device) -> tuple[Path, str
             "epochs": cfg["training_budget"]["num_epochs"],
             "iterations": cfg["training_budget"]["num_iterations_per_epoch"], "train_seconds": {}}
     for trainer in ("baseline", "recycle"):
-        fold = (paths.results() / raw.name / f"{registry.get(trainer).cls.__name__}__{DEFAULT_PLANS_NAME}__"
-                f"{configuration}" / "fold_0")
+        fold = paths.trained_model_folder(raw.name, registry.get(trainer).cls.__name__, DEFAULT_PLANS_NAME,
+                                          configuration) / "fold_0"
         if not (fold / "checkpoint_final.pth").is_file():
             start = time.perf_counter()
             train_fold(raw.name, configuration, 0, trainer, config_overrides={"seed": seed}, device=device,

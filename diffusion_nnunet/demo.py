@@ -127,7 +127,7 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
 def _train(trainer: str, raw: Path, configuration: str, settings: DemoSettings, device: torch.device) -> Path:
     """Train one fold unless a finished model exists; return the fold folder."""
     entry = registry.get(trainer)
-    fold_dir = (paths.results() / raw.name / f"{entry.cls.__name__}__{DEFAULT_PLANS_NAME}__{configuration}"
+    fold_dir = (paths.trained_model_folder(raw.name, entry.cls.__name__, DEFAULT_PLANS_NAME, configuration)
                 / f"fold_{settings.fold}")
     if (fold_dir / "checkpoint_final.pth").is_file() and not settings.fresh:
         logger.info("[3/5] reusing the trained %s model in %s", trainer, fold_dir)

@@ -33,7 +33,7 @@ from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
 from diffusion_nnunet.inference.predictor import model_folder, predict_folder
 from diffusion_nnunet.utils.atomic import write_json, write_text
-from planning.planner import DEFAULT_PLANS_NAME
+from planning.planner import DEFAULT_PLANS_NAME, DEFAULT_TIMESTEPS
 from planning.validate import find_dataset_folder
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _diffusion_models(dataset_name: str, configuration: str, nnunet: Path) -> li
     plans_name = nnunet.name.split("__")[1] if nnunet.name.count("__") == 2 else DEFAULT_PLANS_NAME
     out = set()
     for entry in registry.available().values():
-        folder = paths.results() / dataset_name / f"{entry.cls.__name__}__{plans_name}__{configuration}"
+        folder = paths.trained_model_folder(dataset_name, entry.cls.__name__, plans_name, configuration)
         if issubclass(entry.cls, DnnDiffusionTrainer) and any(folder.glob("fold_*/checkpoint_final.pth")):
             out.add(folder)
     return sorted(out)
@@ -118,7 +118,7 @@ def _diffusion_models(dataset_name: str, configuration: str, nnunet: Path) -> li
 
 def _timesteps(model: Path, configuration: str) -> int:
     plans = json.loads((model / "plans.json").read_text())
-    return int(plans["configurations"][configuration].get("diffusion", {}).get("timesteps", 5))
+    return int(plans["configurations"][configuration].get("diffusion", {}).get("timesteps", DEFAULT_TIMESTEPS))
 
 
 def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), nnunet_model: str | Path | None = None,

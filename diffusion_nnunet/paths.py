@@ -30,6 +30,11 @@ def set_default_environment() -> None:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
+def trained_model_folder(dataset_name: str, trainer_class: str, plans_name: str, configuration: str) -> Path:
+    """nnU-Net's results folder of one model: `<results>/<dataset>/<TrainerClass>__<plans>__<configuration>`."""
+    return results() / dataset_name / f"{trainer_class}__{plans_name}__{configuration}"
+
+
 def raw() -> Path:
     return Path(os.environ["nnUNet_raw"])
 

@@ -46,7 +46,7 @@ def model_folder(dataset: str, trainer: str, configuration: str, plans_name: str
         class_name = registry.get(trainer).cls.__name__
     except UserInputError:
         class_name = trainer
-    folder = paths.results() / dataset_name / f"{class_name}__{plans_name}__{configuration}"
+    folder = paths.trained_model_folder(dataset_name, class_name, plans_name, configuration)
     if not folder.is_dir():
         raise UserInputError(f"no trained model at {folder}; train it with `dnnunet train` first")
     return folder

@@ -111,7 +111,7 @@ def train(dataset: str, configuration: str, fold: int | str, trainer: str = "bas
     distributed.launch(_train_fold_job, (kwargs,), num_processes, device, timeout)
     entry = registry.get(trainer)
     dataset_name, _ = load_plans(dataset, configuration, plans_name)
-    return paths.results() / dataset_name / f"{entry.cls.__name__}__{plans_name}__{configuration}" / f"fold_{fold}"
+    return paths.trained_model_folder(dataset_name, entry.cls.__name__, plans_name, configuration) / f"fold_{fold}"
 
 
 def _train_fold_job(device: torch.device, kwargs: dict) -> Path:
@@ -137,8 +137,8 @@ def collective_timeout(kwargs: dict) -> float:
     if value is None and kwargs.get("continue_training"):
         entry = registry.get(kwargs["trainer"])
         dataset_name, _ = load_plans(kwargs["dataset"], kwargs["configuration"], kwargs["plans_name"])
-        saved = (paths.results() / dataset_name / f"{entry.cls.__name__}__{kwargs['plans_name']}__"
-                 f"{kwargs['configuration']}" / f"fold_{kwargs['fold']}" / CONFIG_FILE)
+        saved = (paths.trained_model_folder(dataset_name, entry.cls.__name__, kwargs["plans_name"],
+                                            kwargs["configuration"]) / f"fold_{kwargs['fold']}" / CONFIG_FILE)
         if saved.is_file():
             value = TrainingConfig.load(saved).collective_timeout_s
     return float(value if value is not None else DEFAULT_COLLECTIVE_TIMEOUT_S)
