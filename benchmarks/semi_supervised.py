@@ -3,6 +3,7 @@
 Usage: python benchmarks/semi_supervised.py [--datasets synthetic-us2d mni-tissue2d] [--fractions 0.1 0.2]
                                             [--methods baseline cps semi_r1 semi_r3]
                                             [--epochs E --iterations I] [--out docs/benchmark_semi.json]
+                                            [--semi '{"rec_start_step": 3}'] [--device cuda]
        python benchmarks/semi_supervised.py --report-only [--out ...]
 
 For each dataset and labelled fraction: generate the dataset with only that share of the training
@@ -62,7 +63,7 @@ def _evaluate(model: Path, raw: Path, out: Path, device, seed: int) -> dict:
 
 
 def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epochs: int | None,
-        iterations: int | None) -> dict:
+        iterations: int | None, semi_options: dict | None = None, device: str = "cpu") -> dict:
     import torch
 
     from diffusion_nnunet import paths
@@ -73,7 +74,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     from planning.budget import get_budget
     from planning.pipeline import plan_and_preprocess
 
-    device = torch.device("cpu")
+    device = torch.device(device)
     results = json.loads(out_file.read_text()) if out_file.is_file() else {}
     overrides = {"seed": seed, "num_epochs": epochs, "num_iterations_per_epoch": iterations}
     for name in datasets:
@@ -90,7 +91,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 "labelled_cases": meta["numTraining"] - len(meta.get("unlabelled", [])),
                 "unlabelled_cases": len(meta.get("unlabelled", [])),
                 "epochs": epochs or budget["num_epochs"], "iterations": iterations or budget["num_iterations_per_epoch"],
-                "methods": {}})
+                "semi_options": semi_options or {}, "device": device.type, "methods": {}})
             store = work / "models" / raw.name
             for method in methods:
                 if method in res["methods"]:
@@ -98,16 +99,18 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 trainer, rounds = _trainer_and_rounds(method)
                 entry: dict = {}
                 values = dict(overrides)
+                if trainer != "baseline" and semi_options:
+                    values["semi"] = dict(semi_options)
                 if rounds is not None:
                     teacher = store / "semi_teacher"
                     if not teacher.is_dir():
                         start = time.perf_counter()
-                        train_fold(raw.name, "2d", 0, "semi_teacher", config_overrides=values, device=device,
+                        train_fold(raw.name, "2d", 0, "semi_teacher", config_overrides=dict(overrides), device=device,
                                    continue_training=True, validate=False)
                         res["teacher_train_seconds"] = round(time.perf_counter() - start, 1)
                         store.mkdir(parents=True, exist_ok=True)
                         shutil.move(str(model_folder(raw.name, "semi_teacher", "2d")), teacher)
-                    values["semi"] = {"teacher": str(teacher), "rounds": rounds}
+                    values["semi"] = {**values.get("semi", {}), "teacher": str(teacher), "rounds": rounds}
                     entry["teacher_train_seconds"] = res.get("teacher_train_seconds")
                 start = time.perf_counter()
                 fold = train_fold(raw.name, "2d", 0, trainer, config_overrides=values, device=device,
@@ -137,9 +140,11 @@ def render_markdown(results: dict) -> str:
     """The JSON results as one Markdown table per dataset and labelled fraction."""
     lines = []
     for key, res in results.items():
+        options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
         lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled "
                   f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
-                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold 0; imagesTs.", "",
+                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold 0; imagesTs; "
+                  f"device {res.get('device', 'cpu')}; co-trainer options: {options}.", "",
                   "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration |",
                   "|:---|---:|---:|---:|---:|:---|---:|---:|---:|"]
         for method, e in res["methods"].items():
@@ -164,6 +169,9 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmark_semi.json")
     parser.add_argument("--work", default="benchmark_work_semi", help="data, models and predictions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--semi", default="{}", help="JSON of SemiSupervisedConfig fields for cps and semi_rR "
+                                                     "(not rounds or teacher), e.g. '{\"rec_start_step\": 3}'")
+    parser.add_argument("--device", default="cpu", help="torch device of training and prediction")
     parser.add_argument("--report-only", action="store_true", help="only render --out as Markdown")
     args = parser.parse_args()
     if args.report_only:
@@ -172,6 +180,9 @@ def main() -> None:
     for method in args.methods:
         if method not in ("baseline", "cps") and not (method.startswith("semi_r") and method[6:].isdigit()):
             parser.error(f"unknown method {method!r}")
+    semi_options = json.loads(args.semi)
+    if {"rounds", "teacher"} & set(semi_options):
+        parser.error("--semi sets neither rounds (use semi_rR) nor teacher (pre-trained per dataset)")
     work = Path(args.work).absolute()
     os.environ.setdefault("DNNUNET_DATA", str(work / "data"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -179,7 +190,8 @@ def main() -> None:
     from diffusion_nnunet.training.base import DnnTrainer
 
     DnnTrainer.show_progress = False
-    run(args.datasets, args.fractions, args.methods, Path(args.out), work, args.seed, args.epochs, args.iterations)
+    run(args.datasets, args.fractions, args.methods, Path(args.out), work, args.seed, args.epochs, args.iterations,
+        semi_options, args.device)
 
 
 if __name__ == "__main__":

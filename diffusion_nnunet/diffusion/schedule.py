@@ -200,6 +200,22 @@ class NoiseSchedule:
         idx = torch.from_numpy(respaced_indices(self.num_steps, num_steps))
         return NoiseSchedule.from_alphas_cumprod(self.alphas_cumprod[idx], self.timesteps[idx], self.num_train_steps)
 
+    def truncate(self, num_steps: int) -> "NoiseSchedule":
+        """The first ``num_steps`` entries (steps 0..num_steps-1), training indices kept.
+
+        A sampler that starts from a partly noised state at step ``num_steps - 1`` runs on this
+        (re-spaced further if it takes fewer steps).
+
+        Args:
+            num_steps: number of steps to keep, 1..self.num_steps.
+        """
+        if not 1 <= num_steps <= self.num_steps:
+            raise ValueError(f"num_steps {num_steps} outside 1..{self.num_steps}")
+        if num_steps == self.num_steps:
+            return self
+        return NoiseSchedule.from_alphas_cumprod(self.alphas_cumprod[:num_steps], self.timesteps[:num_steps],
+                                                 self.num_train_steps)
+
     # ------------------------------------------------------------------ properties
     @property
     def num_steps(self) -> int:

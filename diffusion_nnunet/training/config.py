@@ -70,6 +70,9 @@ class SemiSupervisedConfig:
         rec_timesteps: T' of the reconstruction pathway's own noise schedule.
         rec_sampling_steps: DDIM steps of Rec that draw the reconstruction x~_r from noise.
         rec_clip: the reconstruction's x0 estimate is clipped to +-rec_clip (z-scored intensities).
+        rec_start_step: the reconstruction starts from the real image noised to this step of Rec's
+            schedule (0..rec_timesteps-1) and runs at most rec_sampling_steps DDIM steps from there;
+            None: from pure noise at the last step.
         selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
             that picks the final model (0: the last epoch's Dice alone).
     """
@@ -84,6 +87,7 @@ class SemiSupervisedConfig:
     rec_timesteps: int = 10
     rec_sampling_steps: int = 3
     rec_clip: float = 5.0
+    rec_start_step: int | None = None
     selection_momentum: float = 0.5
 
     def validate(self) -> None:
@@ -93,6 +97,9 @@ class SemiSupervisedConfig:
             raise UserInputError(f"rec_timesteps must be at least 2, got {self.rec_timesteps}")
         if not 1 <= self.rec_sampling_steps <= self.rec_timesteps:
             raise UserInputError(f"rec_sampling_steps must be in 1..{self.rec_timesteps}, got {self.rec_sampling_steps}")
+        if self.rec_start_step is not None and not 0 <= self.rec_start_step < self.rec_timesteps:
+            raise UserInputError(f"rec_start_step must be in 0..{self.rec_timesteps - 1} or None, "
+                                 f"got {self.rec_start_step}")
         if not 0 < self.ramp_fraction <= 1:
             raise UserInputError(f"ramp_fraction must be in (0, 1], got {self.ramp_fraction}")
         if self.round_weight < 0 or self.ce_weight < 0 or self.rec_clip <= 0:

@@ -92,9 +92,12 @@ def reconstruction_loss(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedu
 
 @torch.no_grad()
 def ddim_reconstruct(rec_eps: RecEps, mask_pm1: Tensor, image_shape: tuple[int, ...], schedule: NoiseSchedule,
-                     steps: int, clip: float = 5.0, generator: torch.Generator | None = None) -> Tensor:
-    """Draw an image from noise with Rec, conditioned on a mask: deterministic DDIM in `steps` steps.
+                     steps: int, clip: float = 5.0, generator: torch.Generator | None = None,
+                     start_image: Tensor | None = None, start_step: int | None = None) -> Tensor:
+    """Draw an image with Rec, conditioned on a mask: deterministic DDIM in `steps` steps.
 
+    From pure noise at the last step by default; with `start_image`, from that image noised to
+    `start_step` of `schedule` (SDEdit-style: the coarse image survives, the mask redraws the rest).
     eps-prediction turns into ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, clipped to
     +-clip (at the noisiest step sqrt(abar_t) is tiny and would amplify errors), then a DDIM step.
 
@@ -103,12 +106,19 @@ def ddim_reconstruct(rec_eps: RecEps, mask_pm1: Tensor, image_shape: tuple[int, 
         mask_pm1: conditioning mask 2p - 1, (B, C, *spatial).
         image_shape: shape of the image to draw, (B, image channels, *spatial).
         schedule: Rec's training schedule (re-spaced to `steps`).
-        steps: reverse steps.
+        steps: reverse steps (at most ``start_step + 1`` with a start image).
         clip: bound of the x0 estimate.
         generator: random generator of the start noise.
+        start_image: image to start from (B, image channels, *spatial); None: pure noise.
+        start_step: step of `schedule` the start image is noised to (default: the last).
     """
-    sub = schedule.respace(steps)
-    x = torch.randn(image_shape, device=mask_pm1.device, dtype=mask_pm1.dtype, generator=generator)
+    if start_image is None:
+        sub = schedule.respace(steps)
+        x = torch.randn(image_shape, device=mask_pm1.device, dtype=mask_pm1.dtype, generator=generator)
+    else:
+        k = schedule.num_steps - 1 if start_step is None else int(start_step)
+        sub = schedule.truncate(k + 1).respace(min(steps, k + 1))
+        x = sub.q_sample(start_image.to(mask_pm1.dtype), sub.num_steps - 1, generator=generator)
     for i in reversed(range(sub.num_steps)):
         abar = float(sub.alphas_cumprod[i])
         eps = rec_eps(x, mask_pm1, sub.network_time(torch.full((x.shape[0],), i, device=x.device)))
@@ -129,6 +139,8 @@ class RoundSettings:
         sampling_steps: DDIM steps per reconstruction.
         clip: x0 clip of the reconstruction sampler.
         ce_weight: cross-entropy weight of the Dice terms.
+        start_step: reconstructions start from the real image noised to this step of
+            `rec_schedule`; None: from pure noise.
     """
 
     rounds: int
@@ -138,6 +150,7 @@ class RoundSettings:
     sampling_steps: int
     clip: float = 5.0
     ce_weight: float = 1.0
+    start_step: int | None = None
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -164,7 +177,9 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
     mask = teacher_probs
     for _ in range(settings.rounds):
         reconstruction = ddim_reconstruct(rec_eps, 2 * mask.detach() - 1, tuple(image.shape), settings.rec_schedule,
-                                          settings.sampling_steps, settings.clip, generator)
+                                          settings.sampling_steps, settings.clip, generator,
+                                          start_image=None if settings.start_step is None else image,
+                                          start_step=settings.start_step)
         logits = segment(reconstruction)
         total = total + segmentation_loss(logits, target, settings.ce_weight) \
             + reconstruction_loss(rec_eps, image, 2 * mask - 1, settings.rec_schedule, generator=generator)

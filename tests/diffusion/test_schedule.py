@@ -72,6 +72,20 @@ def test_respaced_indices_are_even_and_keep_both_ends(num_in):
         respaced_indices(num_in, 0)
 
 
+def test_truncate_keeps_the_first_steps_and_their_network_time():
+    full = NoiseSchedule.linear(10)
+    head = full.truncate(4)
+    assert head.num_steps == 4 and head.num_train_steps == 10 and head.timesteps.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(head.alphas_cumprod.numpy(), full.alphas_cumprod[:4].numpy())
+    np.testing.assert_allclose(head.betas.numpy(), full.betas[:4].numpy(), rtol=1e-12)
+    assert float(head.network_time(3)) == float(full.network_time(3))
+    assert head.respace(2).timesteps.tolist() == [0, 3]
+    assert full.truncate(10) is full
+    for bad in (0, 11):
+        with pytest.raises(ValueError):
+            full.truncate(bad)
+
+
 def test_respace_keeps_original_indices_and_recomputes_betas():
     full = NoiseSchedule.linear(1000)
     sub = full.respace(50)

@@ -164,6 +164,28 @@ def test_ddim_reconstruction_is_conditioned_and_reproducible():
     assert a.abs().max() <= 5.0 + 1e-5  # the last step returns the clipped x0 estimate
 
 
+def test_ddim_reconstruction_from_the_noised_image_keeps_it_at_low_noise():
+    """Started from the image at step 0 (no noise), one DDIM step with a perfect eps returns the image."""
+    schedule = NoiseSchedule.linear(10)
+    image = torch.randn(SHAPE)
+    mask = torch.zeros(SHAPE[0], C, *SHAPE[2:])
+    seen = []
+
+    def exact_eps(x_t, mask_pm1, t_net):  # the noise of q_sample, recovered from the known image
+        seen.append(round(float(t_net[0]), 4))
+        abar = float(schedule.alphas_cumprod[round(float(t_net[0]) * 10) - 1])
+        return (x_t - abar ** 0.5 * image) / (1 - abar) ** 0.5
+
+    out = ddim_reconstruct(exact_eps, mask, SHAPE, schedule, 3, generator=torch.Generator().manual_seed(0),
+                           start_image=image, start_step=3)
+    torch.testing.assert_close(out, image, atol=1e-4, rtol=1e-4)
+    assert seen == [0.4, 0.3, 0.1]  # steps 3, 2, 0 of the training schedule (re-spaced [0..3])
+    # from pure noise the same sampler starts at the last step
+    seen.clear()
+    ddim_reconstruct(exact_eps, mask, SHAPE, schedule, 3, generator=torch.Generator().manual_seed(0))
+    assert seen[0] == 1.0
+
+
 def test_unlabelled_branch_never_reads_a_label():
     sentinel = NoLabel()
     images = torch.randn(SHAPE)
