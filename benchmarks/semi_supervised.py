@@ -8,7 +8,8 @@ Usage: python benchmarks/semi_supervised.py [--datasets synthetic-us2d mni-tissu
 
 For each dataset and labelled fraction: generate the dataset with only that share of the training
 cases labelled (the rest are unlabelled images), plan once with the cpu-small budget, and train on
-fold 0 with the same plans, seed and number of epochs x iterations:
+fold 0 (fold "all" where fewer than 5 cases are labelled: mni-tissue2d at 10 %) with the same
+plans, seed and number of epochs x iterations:
 
 - ``baseline``: the nnU-Net baseline on the labelled part only (nnU-Net's preprocessed folder
   holds only the labelled cases, so this is what it sees);
@@ -49,13 +50,13 @@ def _trainer_and_rounds(method: str) -> tuple[str, int | None]:
     return method, None
 
 
-def _evaluate(model: Path, raw: Path, out: Path, device, seed: int) -> dict:
+def _evaluate(model: Path, raw: Path, out: Path, device, seed: int, fold) -> dict:
     from diffusion_nnunet.evaluation import evaluate_folders
     from diffusion_nnunet.inference.predictor import predict_folder
 
     start = time.perf_counter()
     is_diffusion = "Semi" in model.name
-    predict_folder(model, raw / "imagesTs", out, folds=[0], device=device,
+    predict_folder(model, raw / "imagesTs", out, folds=[fold], device=device,
                    diffusion_options={"seed": seed} if is_diffusion else None)
     seconds = time.perf_counter() - start
     ev = evaluate_folders(raw / "labelsTs", out, dataset_json=raw / "dataset.json")["foreground_mean"]
@@ -86,9 +87,11 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
             plans = plan_and_preprocess(raw.name, get_budget("cpu-small"), ["2d"], num_processes=2)
             budget = plans["configurations"]["2d"]["training_budget"]
             meta = json.loads((raw / "dataset.json").read_text())
+            labelled = meta["numTraining"] - len(meta.get("unlabelled", []))
+            fold = 0 if labelled >= 5 else "all"  # nnU-Net's 5-fold split needs 5 labelled cases
             res = results.setdefault(key, {
                 "dataset": name, "labelled_fraction": fraction,
-                "labelled_cases": meta["numTraining"] - len(meta.get("unlabelled", [])),
+                "labelled_cases": labelled, "fold": fold,
                 "unlabelled_cases": len(meta.get("unlabelled", [])),
                 "epochs": epochs or budget["num_epochs"], "iterations": iterations or budget["num_iterations_per_epoch"],
                 "semi_options": semi_options or {}, "device": device.type, "methods": {}})
@@ -105,31 +108,31 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                     teacher = store / "semi_teacher"
                     if not teacher.is_dir():
                         start = time.perf_counter()
-                        train_fold(raw.name, "2d", 0, "semi_teacher", config_overrides=dict(overrides), device=device,
-                                   continue_training=True, validate=False)
+                        train_fold(raw.name, "2d", fold, "semi_teacher", config_overrides=dict(overrides),
+                                   device=device, continue_training=True, validate=False)
                         res["teacher_train_seconds"] = round(time.perf_counter() - start, 1)
                         store.mkdir(parents=True, exist_ok=True)
                         shutil.move(str(model_folder(raw.name, "semi_teacher", "2d")), teacher)
                     values["semi"] = {**values.get("semi", {}), "teacher": str(teacher), "rounds": rounds}
                     entry["teacher_train_seconds"] = res.get("teacher_train_seconds")
                 start = time.perf_counter()
-                fold = train_fold(raw.name, "2d", 0, trainer, config_overrides=values, device=device,
-                                  continue_training=True, validate=True)
+                fold_dir = train_fold(raw.name, "2d", fold, trainer, config_overrides=values, device=device,
+                                      continue_training=True, validate=True)
                 entry["train_seconds"] = round(time.perf_counter() - start, 1)
-                stats = json.loads((fold / "training_stats.json").read_text())
+                stats = json.loads((fold_dir / "training_stats.json").read_text())
                 entry["median_seconds_per_iteration"] = stats["median_seconds_per_iteration"]
-                entry["validation_dice"] = json.loads((fold / "validation" / "summary.json").read_text())[
+                entry["validation_dice"] = json.loads((fold_dir / "validation" / "summary.json").read_text())[
                     "foreground_mean"]["Dice"]
                 if trainer != "baseline":
-                    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+                    ckpt = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
                     if "selected" in ckpt["network_weights"]:
                         entry["selected"] = ("teacher", "student")[int(ckpt["network_weights"]["selected"])]
                 # semi_cotrain folders of different R share a name: keep each under its method
                 model = store / method
                 if model.exists():
                     shutil.rmtree(model)
-                shutil.move(str(fold.parent), model)
-                entry["test"] = _evaluate(model, raw, work / "predictions" / raw.name / method, device, seed)
+                shutil.move(str(fold_dir.parent), model)
+                entry["test"] = _evaluate(model, raw, work / "predictions" / raw.name / method, device, seed, fold)
                 res["methods"][method] = entry
                 write_json(results, out_file)
                 logger.info("%s / %s: %s", key, method, json.dumps(entry))
@@ -143,7 +146,8 @@ def render_markdown(results: dict) -> str:
         options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
         lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled "
                   f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
-                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold 0; imagesTs; "
+                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold {res.get('fold', 0)}; "
+                  "imagesTs; "
                   f"device {res.get('device', 'cpu')}; co-trainer options: {options}.", "",
                   "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration |",
                   "|:---|---:|---:|---:|---:|:---|---:|---:|---:|"]

@@ -72,3 +72,21 @@ def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["us_ts_0000.nii.gz", "us_ts_0001.nii.gz"]
     assert len(list(out.glob("*.npz"))) == 2  # probabilities, for ensembles
     assert main(["evaluate", "-ref", str(raw / "labelsTs"), "-pred", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_fewer_than_five_labelled_cases_name_the_way_out(nnunet_dirs, capsys):
+    """nnU-Net's 5-fold split fails inside scikit-learn with 4 labelled cases; we say what to do instead."""
+    from diffusion_nnunet.cli.main import main
+    from diffusion_nnunet.datasets import make_dataset
+    from planning.budget import get_budget
+    from planning.pipeline import plan_and_preprocess
+
+    raw = make_dataset("synthetic-us2d", nnunet_dirs["nnUNet_raw"], DATASET_ID + 1, num_train=8, num_test=1, seed=3,
+                       labelled_fraction=0.5)
+    plan_and_preprocess(str(DATASET_ID + 1), get_budget("cpu-tiny"), num_processes=1)
+    assert main(["train", "-d", str(DATASET_ID + 1), "-f", "0", *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "4 labelled training case(s)" in err and "-f all" in err
+    assert not (nnunet_dirs["nnUNet_preprocessed"] / raw.name / "splits_final.json").exists()
+    assert main(["train", "-d", str(DATASET_ID + 1), "-f", "all", "--skip-validation", *TRAIN]) == 0

@@ -30,6 +30,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
@@ -160,6 +161,27 @@ class DnnTrainer(nnUNetTrainer):
         self.oversample_foreground_percent = shard.oversample_foreground_percent
         logger.debug("rank %d: batch %d of %d, foreground oversampling %.2f", distributed.rank(), shard.size,
                      self.configuration_manager.batch_size, shard.oversample_foreground_percent)
+
+    def do_split(self):
+        """nnU-Net's split, with a clear error where its 5-fold split cannot be made.
+
+        nnU-Net creates a seeded 5-fold split of the labelled cases on first use; with fewer than
+        5 (a partially labelled dataset, say) scikit-learn fails deep inside with a message that
+        names neither the dataset nor the way out.
+        """
+        splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
+        if self.fold != "all" and not splits_file.is_file():
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+            self.dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
+            count = len(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+            if count < 5:
+                raise UserInputError(
+                    f"{self.plans_manager.dataset_name} has {count} labelled training case(s) in "
+                    f"{self.preprocessed_dataset_folder}: nnU-Net's 5-fold cross-validation needs at least 5. "
+                    f"Train with -f all (validation then runs on the training cases), or write your own "
+                    f"{splits_file}")
+        return super().do_split()
 
     def validation_is_sharded(self) -> bool:
         """Whether `perform_actual_validation` splits the cases over ranks (nnU-Net's does; an

@@ -87,7 +87,7 @@ class SemiSupervisedConfig:
     rec_timesteps: int = 10
     rec_sampling_steps: int = 3
     rec_clip: float = 5.0
-    rec_start_step: int | None = None
+    rec_start_step: int | None = 3
     selection_momentum: float = 0.5
 
     def validate(self) -> None:

@@ -190,7 +190,8 @@ class DnnDiffusionTrainer(DnnTrainer):
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
             per_step = predictor.last_per_step  # (K, C, *spatial) log-probabilities, first = first step run
             ref = torch.from_numpy(np.asarray(seg[:]))
-            counts = np.stack([_tp_fp_fn(step.argmax(0), ref[0], self.label_manager.num_segmentation_heads)
+            # the predictor's per-step probabilities live on its device, the reference on the CPU
+            counts = np.stack([_tp_fp_fn(step.argmax(0).cpu(), ref[0], self.label_manager.num_segmentation_heads)
                                for step in per_step])
             step_counts = counts if step_counts is None else step_counts + counts
             export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager, self.plans_manager,

@@ -269,9 +269,11 @@ def test_semi_config_round_trip_and_validation():
     cfg = TrainingConfig(semi=SemiSupervisedConfig(rounds=3, teacher="/m"))
     back = TrainingConfig.from_dict(cfg.to_dict())
     assert back.semi == cfg.semi
-    for bad in ({"rounds": -1}, {"rec_sampling_steps": 20}, {"ramp_fraction": 0.0}, {"selection_momentum": 1.0}):
+    for bad in ({"rounds": -1}, {"rec_sampling_steps": 20}, {"ramp_fraction": 0.0}, {"selection_momentum": 1.0},
+                {"rec_start_step": 10}, {"rec_start_step": -1}):
         with pytest.raises(UserInputError):
             SemiSupervisedConfig(**bad).validate()
+    SemiSupervisedConfig(rec_start_step=None).validate()  # None: reconstructions from pure noise
     with pytest.raises(UserInputError, match="unknown SemiSupervisedConfig keys"):
         TrainingConfig.from_dict({"semi": {"round": 2}})
 
