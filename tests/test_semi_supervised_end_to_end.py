@@ -75,7 +75,7 @@ def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
 
 
 @pytest.mark.slow
-def test_fewer_than_five_labelled_cases_name_the_way_out(nnunet_dirs, capsys):
+def test_few_labelled_cases_and_misplaced_options_are_clear_errors(nnunet_dirs, capsys):
     """nnU-Net's 5-fold split fails inside scikit-learn with 4 labelled cases; we say what to do instead."""
     from diffusion_nnunet.cli.main import main
     from diffusion_nnunet.datasets import make_dataset
@@ -89,4 +89,7 @@ def test_fewer_than_five_labelled_cases_name_the_way_out(nnunet_dirs, capsys):
     err = capsys.readouterr().err
     assert "4 labelled training case(s)" in err and "-f all" in err
     assert not (nnunet_dirs["nnUNet_preprocessed"] / raw.name / "splits_final.json").exists()
+    # semi-supervised options on a trainer that has none are refused, not ignored
+    assert main(["train", "-d", str(DATASET_ID + 1), "-f", "all", "--rounds", "3", *TRAIN]) == 2
+    assert "'baseline' is not a semi-supervised trainer" in capsys.readouterr().err
     assert main(["train", "-d", str(DATASET_ID + 1), "-f", "all", "--skip-validation", *TRAIN]) == 0
