@@ -73,6 +73,8 @@ class SemiSupervisedConfig:
         rec_start_step: the reconstruction starts from the real image noised to this step of Rec's
             schedule (0..rec_timesteps-1) and runs at most rec_sampling_steps DDIM steps from there;
             None: from pure noise at the last step.
+        rec_into_seg: in co-training, the rounds' L_rec back-propagates into the teacher's Seg
+            through its mask (as in pre-training); False: it trains Rec only.
         selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
             that picks the final model (0: the last epoch's Dice alone).
     """
@@ -88,6 +90,7 @@ class SemiSupervisedConfig:
     rec_sampling_steps: int = 3
     rec_clip: float = 5.0
     rec_start_step: int | None = 3
+    rec_into_seg: bool = True
     selection_momentum: float = 0.5
 
     def validate(self) -> None:

@@ -141,6 +141,7 @@ class RoundSettings:
         ce_weight: cross-entropy weight of the Dice terms.
         start_step: reconstructions start from the real image noised to this step of
             `rec_schedule`; None: from pure noise.
+        rec_into_seg: L_rec^r back-propagates into Seg through the mask (off: it trains Rec only).
     """
 
     rounds: int
@@ -151,6 +152,7 @@ class RoundSettings:
     clip: float = 5.0
     ce_weight: float = 1.0
     start_step: int | None = None
+    rec_into_seg: bool = True
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -160,7 +162,7 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
     Round r: the teacher draws x~_r with Rec from the mask of round r (the teacher's own mask of
     the real image for r = 1), segments it, and is scored against `target` (labels, or the
     student's hard pseudo-labels); L_rec^r is the reconstruction loss of the real image from the
-    same mask, with gradient into Seg through the mask.
+    same mask, with gradient into Seg through the mask unless ``settings.rec_into_seg`` is off.
 
     Args:
         segment: the teacher's Seg.
@@ -182,7 +184,8 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
                                           start_step=settings.start_step)
         logits = segment(reconstruction)
         total = total + segmentation_loss(logits, target, settings.ce_weight) \
-            + reconstruction_loss(rec_eps, image, 2 * mask - 1, settings.rec_schedule, generator=generator)
+            + reconstruction_loss(rec_eps, image, 2 * (mask if settings.rec_into_seg else mask.detach()) - 1,
+                                  settings.rec_schedule, generator=generator)
         if settings.chain:
             mask = torch.softmax(logits, 1)
     return settings.weight / settings.rounds * total

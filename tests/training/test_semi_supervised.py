@@ -155,6 +155,25 @@ def test_round_weight_divides_by_r_and_zero_rounds_cost_nothing():
     assert round_losses(lambda x: 1 / 0, rec, image, probs, y, rounds(0)).item() == 0.0
 
 
+@pytest.mark.parametrize("into_seg", [True, False])
+def test_round_reconstruction_loss_reaches_seg_only_when_asked(into_seg):
+    def segment(x):  # no parameters: any gradient on `logits` comes from L_rec through the mask
+        return torch.zeros(x.shape[0], C, *x.shape[2:])
+
+    def rec(noisy, mask, t_net):
+        return noisy * mask.mean(1, keepdim=True)
+
+    logits = torch.randn(SHAPE[0], C, *SHAPE[2:], requires_grad=True)
+    settings = RoundSettings(rounds=1, weight=1.0, chain=True, rec_schedule=NoiseSchedule.linear(10), sampling_steps=2,
+                             start_step=3, rec_into_seg=into_seg)
+    loss = round_losses(segment, rec, torch.randn(SHAPE), torch.softmax(logits, 1), labels(), settings)
+    if into_seg:
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert grad.abs().sum() > 0
+    else:
+        assert not loss.requires_grad  # nothing in the round terms leads back to the teacher's mask
+
+
 def test_ddim_reconstruction_is_conditioned_and_reproducible():
     twin = tiny_twin()
     mask = 2 * torch.softmax(torch.randn(SHAPE[0], C, *SHAPE[2:]), 1) - 1
