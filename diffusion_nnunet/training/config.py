@@ -75,6 +75,8 @@ class SemiSupervisedConfig:
             None: from pure noise at the last step.
         rec_into_seg: in co-training, the rounds' L_rec back-propagates into the teacher's Seg
             through its mask (as in pre-training); False: it trains Rec only.
+        ramp_rounds: the round terms of labelled batches ramp up with lambda(epoch) like L_u
+            (False: they count fully from the first epoch, as part of L_s).
         selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
             that picks the final model (0: the last epoch's Dice alone).
     """
@@ -91,6 +93,7 @@ class SemiSupervisedConfig:
     rec_clip: float = 5.0
     rec_start_step: int | None = 3
     rec_into_seg: bool = True
+    ramp_rounds: bool = False
     selection_momentum: float = 0.5
 
     def validate(self) -> None:

@@ -142,6 +142,7 @@ class RoundSettings:
         start_step: reconstructions start from the real image noised to this step of
             `rec_schedule`; None: from pure noise.
         rec_into_seg: L_rec^r back-propagates into Seg through the mask (off: it trains Rec only).
+        ramp_rounds: the round terms of labelled batches ramp up with lambda like L_u.
     """
 
     rounds: int
@@ -153,6 +154,7 @@ class RoundSettings:
     ce_weight: float = 1.0
     start_step: int | None = None
     rec_into_seg: bool = True
+    ramp_rounds: bool = False
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -223,7 +225,8 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
                     generator: torch.Generator | None = None) -> CoTrainingTerms:
     """``L = lambda * L_u + L_s`` of one iteration.
 
-    L_s (labelled batch): Dice(S, y) + Dice(Te, y) + round terms against y.
+    L_s (labelled batch): Dice(S, y) + Dice(Te, y) + round terms against y (those scaled by
+    lambda too with ``settings.ramp_rounds``).
     L_u (unlabelled batch): Dice(pS, argmax pT) + Dice(pT, argmax pS) + round terms against
     argmax pS. Only images of the unlabelled batch are seen; without one (no unlabelled cases),
     L = L_s, plain supervised training of both models.
@@ -240,9 +243,11 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
     ce = settings.ce_weight
     teacher_logits = teacher_segment(labelled_image)
     supervised = segmentation_loss(student_segment(labelled_image), label, ce) \
-        + segmentation_loss(teacher_logits, label, ce) \
-        + round_losses(teacher_segment, teacher_rec, labelled_image, torch.softmax(teacher_logits, 1), label,
-                       settings, generator)
+        + segmentation_loss(teacher_logits, label, ce)
+    round_scale = unsupervised_weight if settings.ramp_rounds else 1.0
+    if round_scale:
+        supervised = supervised + round_scale * round_losses(
+            teacher_segment, teacher_rec, labelled_image, torch.softmax(teacher_logits, 1), label, settings, generator)
     unsupervised = labelled_image.new_zeros(())
     if unlabelled_image is not None:
         teacher_u = teacher_segment(unlabelled_image)

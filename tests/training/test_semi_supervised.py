@@ -246,6 +246,28 @@ def test_zero_unlabelled_cases_degrade_to_supervised_training(tmp_path):
     assert build_unlabelled_loader(trainer) is None  # no <data_identifier>_unlabelled folder
 
 
+@pytest.mark.parametrize("ramp_rounds", [False, True])
+def test_labelled_round_terms_follow_lambda_only_with_ramp_rounds(ramp_rounds):
+    def seg(x):
+        return torch.zeros(x.shape[0], C, *x.shape[2:])
+
+    x, y = torch.randn(SHAPE), labels()
+    settings = RoundSettings(rounds=1, weight=1.0, chain=True, rec_schedule=NoiseSchedule.linear(10), sampling_steps=2,
+                             ramp_rounds=ramp_rounds)
+    rec_calls = []
+
+    def rec(noisy, mask, t_net):
+        rec_calls.append(1)
+        return torch.zeros_like(noisy)
+
+    at_zero = cotraining_loss(seg, seg, rec, x, y, None, settings, unsupervised_weight=0.0)
+    plain = 2 * segmentation_loss(seg(x), y)
+    if ramp_rounds:  # lambda = 0: the rounds are not even run
+        assert at_zero.total.item() == pytest.approx(plain.item(), rel=1e-6) and not rec_calls
+    else:
+        assert at_zero.total.item() > plain.item() + 0.1 and rec_calls
+
+
 def test_lambda_ramps_linearly_to_one():
     values = [ramp_weight(e, 10, 0.4) for e in range(10)]
     assert values[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and set(values[5:]) == {1.0}
