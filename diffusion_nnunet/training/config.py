@@ -93,7 +93,7 @@ class SemiSupervisedConfig:
     rec_clip: float = 5.0
     rec_start_step: int | None = 3
     rec_into_seg: bool = True
-    ramp_rounds: bool = False
+    ramp_rounds: bool = True
     selection_momentum: float = 0.5
 
     def validate(self) -> None:
