@@ -148,7 +148,8 @@ def render_markdown(results: dict) -> str:
                   f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
                   f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold {res.get('fold', 0)}; "
                   "imagesTs; "
-                  f"device {res.get('device', 'cpu')}; co-trainer options: {options}.", "",
+                  f"device {res.get('device', 'cpu')}; co-trainer options: {options}."
+                  + (f" {res['note'][0].upper()}{res['note'][1:]}." if res.get("note") else ""), "",
                   "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration |",
                   "|:---|---:|---:|---:|---:|:---|---:|---:|---:|"]
         for method, e in res["methods"].items():

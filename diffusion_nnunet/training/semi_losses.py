@@ -154,7 +154,7 @@ class RoundSettings:
     ce_weight: float = 1.0
     start_step: int | None = None
     rec_into_seg: bool = True
-    ramp_rounds: bool = False
+    ramp_rounds: bool = True
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
