@@ -269,8 +269,21 @@ def run_from_environment(fn: Callable[..., Any], args: tuple, device: torch.devi
         root = logging.getLogger()
         root.setLevel(max(root.getEffectiveLevel(), logging.WARNING))
     device = init_process_group(env, device, timeout_s)
+    return run_in_group(fn, device, args)
+
+
+def run_in_group(fn: Callable[..., Any], device: torch.device, args: tuple) -> Any:
+    """`fn(device, *args)`, then leave the process group together with the other ranks.
+
+    A rank that tears its gloo group down while a peer is still at work (rank 0 saving, say) can
+    die in gloo's C++ teardown ("terminate called without an active exception", SIGABRT); the
+    closing barrier keeps every rank in the group until all are done. After a failure the group is
+    left at once (the peers then fail their next collective and stop).
+    """
     try:
-        return fn(device, *args)
+        result = fn(device, *args)
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
 
@@ -285,12 +298,10 @@ def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, po
                         datefmt="%H:%M:%S")
     device = init_process_group(env, torch.device(device_type), timeout_s)
     try:
-        fn(device, *args)
+        run_in_group(fn, device, args)
     except UserInputError as err:
         logger.error("rank %d: %s", local_rank, err)
         raise SystemExit(2) from None
-    finally:
-        dist.destroy_process_group()
 
 
 def launch(fn: Callable[..., Any], args: tuple, num_processes: int, device: torch.device,
