@@ -139,11 +139,12 @@ def run(datasets, work: Path, samples: int, out_file: Path, seed: int) -> dict:
 
 
 def _plot(results: dict, png: Path) -> None:
-    import matplotlib
     from matplotlib.figure import Figure
 
-    # nnU-Net's progress plot sets a large seaborn font scale globally on import: draw with defaults
-    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+    from diffusion_nnunet.reporting import default_style
+
+    @default_style  # nnU-Net's progress plot sets a large seaborn font scale globally on import
+    def draw() -> None:
         fig = Figure(figsize=(4.5 * len(results), 3.5), layout="constrained")
         for i, (name, res) in enumerate(results.items()):
             ax = fig.add_subplot(1, len(results), i + 1)
@@ -156,6 +157,8 @@ def _plot(results: dict, png: Path) -> None:
             ax.set_xticks(range(1, res["full_sampling"]["reverse_steps"] + 1))
             ax.legend(fontsize=7)
         fig.savefig(png, dpi=100)
+
+    draw()
 
 
 def render_markdown(results: dict) -> str:

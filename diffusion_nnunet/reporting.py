@@ -30,7 +30,7 @@ _OVERLAY_ALPHA = 0.5
 # drawing helpers
 
 
-def _default_style(draw):
+def default_style(draw):
     """Draw with matplotlib's default style: nnunetv2's progress plot sets a seaborn font scale of
     2.5 for the whole process on import, which made titles overlap."""
 
@@ -108,7 +108,7 @@ def _check_2d(name: str, arr: np.ndarray, shape: tuple[int, ...] | None = None) 
 # figures
 
 
-@_default_style
+@default_style
 def overlay_png(image: np.ndarray, masks: Mapping[str, np.ndarray], output_png: str | os.PathLike,
                 title: str | None = None, extra_maps: Mapping[str, np.ndarray] | None = None,
                 aspect: float = 1.0) -> Path:
@@ -192,7 +192,7 @@ def most_foreground_slice(segmentations: Sequence[np.ndarray]) -> int:
     return int(segmentations[0].shape[0] // 2)
 
 
-@_default_style
+@default_style
 def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
                       prediction_dirs: Mapping[str, str | os.PathLike],
                       reference_dir: str | os.PathLike | None, output_png: str | os.PathLike,
