@@ -70,6 +70,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import make_dataset
     from diffusion_nnunet.inference.predictor import model_folder
+    from diffusion_nnunet.training.base import CROSS_VALIDATION_FOLDS
     from diffusion_nnunet.training.run import train_fold
     from diffusion_nnunet.utils.atomic import write_json
     from planning.budget import get_budget
@@ -88,7 +89,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
             budget = plans["configurations"]["2d"]["training_budget"]
             meta = json.loads((raw / "dataset.json").read_text())
             labelled = meta["numTraining"] - len(meta.get("unlabelled", []))
-            fold = 0 if labelled >= 5 else "all"  # nnU-Net's 5-fold split needs 5 labelled cases
+            fold = 0 if labelled >= CROSS_VALIDATION_FOLDS else "all"  # one labelled case per fold at least
             res = results.setdefault(key, {
                 "dataset": name, "labelled_fraction": fraction,
                 "labelled_cases": labelled, "fold": fold,
@@ -146,9 +147,8 @@ def render_markdown(results: dict) -> str:
         options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
         lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled "
                   f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
-                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; fold {res.get('fold', 0)}; "
-                  "imagesTs; "
-                  f"device {res.get('device', 'cpu')}; co-trainer options: {options}."
+                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; "
+                  f"fold {res.get('fold', 0)}; imagesTs; device {res.get('device', 'cpu')}; co-trainer options: {options}."
                   + (f" {res['note'][0].upper()}{res['note'][1:]}." if res.get("note") else ""), "",
                   "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration |",
                   "|:---|---:|---:|---:|---:|:---|---:|---:|---:|"]

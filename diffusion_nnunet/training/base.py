@@ -43,6 +43,8 @@ STATS_FILE = "training_stats.json"
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 # the checkpoint_latest that a newer one replaced: a resume point if the newest is damaged
 PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
+# nnU-Net's default cross-validation: a seeded split of the labelled cases into this many folds
+CROSS_VALIDATION_FOLDS = 5
 
 
 class DnnTrainer(nnUNetTrainer):
@@ -175,10 +177,11 @@ class DnnTrainer(nnUNetTrainer):
 
             self.dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
             count = len(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
-            if count < 5:
+            if count < CROSS_VALIDATION_FOLDS:
                 raise UserInputError(
                     f"{self.plans_manager.dataset_name} has {count} labelled training case(s) in "
-                    f"{self.preprocessed_dataset_folder}: nnU-Net's 5-fold cross-validation needs at least 5. "
+                    f"{self.preprocessed_dataset_folder}: nnU-Net's {CROSS_VALIDATION_FOLDS}-fold "
+                    f"cross-validation needs at least {CROSS_VALIDATION_FOLDS}. "
                     f"Train with -f all (validation then runs on the training cases), or write your own "
                     f"{splits_file}")
         return super().do_split()
