@@ -77,6 +77,8 @@ class SemiSupervisedConfig:
             through its mask (as in pre-training); False: it trains Rec only.
         ramp_rounds: the round terms of labelled batches ramp up with lambda(epoch) like L_u
             (False: they count fully from the first epoch, as part of L_s).
+        pseudo_threshold: a pseudo-label pixel counts only where the model that labels it gives
+            its class at least this probability (0: every pixel counts, as in plain CPS).
         selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
             that picks the final model (0: the last epoch's Dice alone).
     """
@@ -94,6 +96,7 @@ class SemiSupervisedConfig:
     rec_start_step: int | None = 3
     rec_into_seg: bool = True
     ramp_rounds: bool = True
+    pseudo_threshold: float = 0.0
     selection_momentum: float = 0.5
 
     def validate(self) -> None:
@@ -110,6 +113,8 @@ class SemiSupervisedConfig:
             raise UserInputError(f"ramp_fraction must be in (0, 1], got {self.ramp_fraction}")
         if self.round_weight < 0 or self.ce_weight < 0 or self.rec_clip <= 0:
             raise UserInputError("round_weight and ce_weight must not be negative, rec_clip must be positive")
+        if not 0 <= self.pseudo_threshold < 1:
+            raise UserInputError(f"pseudo_threshold must be in [0, 1), got {self.pseudo_threshold}")
         if not 0 <= self.selection_momentum < 1:
             raise UserInputError(f"selection_momentum must be in [0, 1), got {self.selection_momentum}")
 

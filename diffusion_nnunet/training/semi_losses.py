@@ -6,7 +6,8 @@ Networks enter as callables, so every term is testable without files or trainers
     rec_eps(noisy_image, mask_pm1, t_net) -> eps prediction  # Rec, mask given as 2p - 1
 
 Targets are class-index maps (B, 1, *spatial) or (B, *spatial): labels, or hard pseudo-labels
-``argmax p`` of the other model (never soft probabilities, and never with gradient).
+``argmax p`` of the other model (never soft probabilities, and never with gradient). A pseudo-label
+may be `IGNORE` where the other model is not confident enough; such pixels count in no term.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ Segment = Callable[[Tensor], Tensor]
 RecEps = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+IGNORE = -1  # pseudo-label value of a pixel left out of the loss (the other model is unsure there)
+
+
 def _index_map(target: Tensor, like: Tensor) -> Tensor:
     """(B, *spatial) long class indices from a (B, 1, *spatial) or (B, *spatial) target."""
     if target.ndim == like.ndim:
@@ -35,10 +39,15 @@ def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tenso
 
     Args:
         probs: class probabilities (B, C, *spatial).
-        target: class indices (B, 1, *spatial) or (B, *spatial).
+        target: class indices (B, 1, *spatial) or (B, *spatial); `IGNORE` pixels are left out.
         smooth: added to numerator and denominator (a class absent from both then scores 1).
     """
-    onehot = F.one_hot(_index_map(target, probs), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    index = _index_map(target, probs)
+    ignored = index == IGNORE
+    onehot = F.one_hot(index.clamp(min=0), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    if ignored.any():
+        keep = (~ignored).unsqueeze(1).to(probs.dtype)
+        probs, onehot = probs * keep, onehot * keep
     axes = [0] + list(range(2, probs.ndim))
     intersection = (probs * onehot).sum(axes)
     denominator = probs.sum(axes) + onehot.sum(axes)
@@ -47,22 +56,44 @@ def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tenso
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, ce_weight: float = 1.0) -> Tensor:
-    """Dice of softmax(logits) against `target` (+ ce_weight * cross-entropy)."""
+    """Dice of softmax(logits) against `target` (+ ce_weight * cross-entropy), `IGNORE` pixels left out."""
     loss = soft_dice_loss(torch.softmax(logits, 1), target)
     if ce_weight:
-        loss = loss + ce_weight * F.cross_entropy(logits, _index_map(target, logits))
+        index = _index_map(target, logits)
+        kept = (index != IGNORE).sum()
+        # sum / kept rather than the mean with ignore_index: that mean is NaN when nothing is kept
+        ce = F.cross_entropy(logits, index, ignore_index=IGNORE, reduction="sum") / kept.clamp(min=1) \
+            if kept < index.numel() else F.cross_entropy(logits, index)
+        loss = loss + ce_weight * ce
     return loss
 
 
-def hard_pseudo_label(probs_or_logits: Tensor) -> Tensor:
-    """argmax over classes as a (B, 1, *spatial) long map, cut from the graph."""
-    return probs_or_logits.detach().argmax(1, keepdim=True)
+def hard_pseudo_label(logits: Tensor, threshold: float = 0.0) -> Tensor:
+    """argmax over classes as a (B, 1, *spatial) long map, cut from the graph.
+
+    Args:
+        logits: the other model's logits (B, C, *spatial).
+        threshold: pixels whose top softmax probability is below it become `IGNORE` (0: none do).
+    """
+    logits = logits.detach()
+    label = logits.argmax(1, keepdim=True)
+    if threshold > 0:
+        confident = torch.softmax(logits, 1).amax(1, keepdim=True) >= threshold
+        label = torch.where(confident, label, torch.full_like(label, IGNORE))
+    return label
 
 
-def cross_pseudo_supervision(student_logits: Tensor, teacher_logits: Tensor, ce_weight: float = 1.0) -> Tensor:
-    """``Dice(pS, argmax pT) + Dice(pT, argmax pS)``: each model learns the other's hard labels."""
-    return (segmentation_loss(student_logits, hard_pseudo_label(teacher_logits), ce_weight)
-            + segmentation_loss(teacher_logits, hard_pseudo_label(student_logits), ce_weight))
+def cross_pseudo_supervision(student_logits: Tensor, teacher_logits: Tensor, ce_weight: float = 1.0,
+                             threshold: float = 0.0) -> Tensor:
+    """``Dice(pS, argmax pT) + Dice(pT, argmax pS)``: each model learns the other's hard labels.
+
+    Args:
+        student_logits, teacher_logits: the two models' logits on the same images.
+        ce_weight: cross-entropy weight added to each Dice term.
+        threshold: confidence below which a pseudo-label pixel is ignored (see `hard_pseudo_label`).
+    """
+    return (segmentation_loss(student_logits, hard_pseudo_label(teacher_logits, threshold), ce_weight)
+            + segmentation_loss(teacher_logits, hard_pseudo_label(student_logits, threshold), ce_weight))
 
 
 def reconstruction_loss(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedule: NoiseSchedule,
@@ -143,6 +174,8 @@ class RoundSettings:
             `rec_schedule`; None: from pure noise.
         rec_into_seg: L_rec^r back-propagates into Seg through the mask (off: it trains Rec only).
         ramp_rounds: the round terms of labelled batches ramp up with lambda like L_u.
+        pseudo_threshold: pseudo-label pixels where the labelling model's top probability is
+            below it are ignored (0: every pixel counts).
     """
 
     rounds: int
@@ -155,6 +188,7 @@ class RoundSettings:
     start_step: int | None = None
     rec_into_seg: bool = True
     ramp_rounds: bool = True
+    pseudo_threshold: float = 0.0
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -228,8 +262,9 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
     L_s (labelled batch): Dice(S, y) + Dice(Te, y) + round terms against y (those scaled by
     lambda too with ``settings.ramp_rounds``).
     L_u (unlabelled batch): Dice(pS, argmax pT) + Dice(pT, argmax pS) + round terms against
-    argmax pS. Only images of the unlabelled batch are seen; without one (no unlabelled cases),
-    L = L_s, plain supervised training of both models.
+    argmax pS, each pseudo-label without the pixels below ``settings.pseudo_threshold``. Only
+    images of the unlabelled batch are seen; without one (no unlabelled cases), L = L_s, plain
+    supervised training of both models. At lambda = 0 L_u is not computed (it would count nothing).
 
     Args:
         teacher_segment, student_segment: Seg of teacher and student.
@@ -249,11 +284,12 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
         supervised = supervised + round_scale * round_losses(
             teacher_segment, teacher_rec, labelled_image, torch.softmax(teacher_logits, 1), label, settings, generator)
     unsupervised = labelled_image.new_zeros(())
-    if unlabelled_image is not None:
+    if unlabelled_image is not None and unsupervised_weight:
         teacher_u = teacher_segment(unlabelled_image)
         student_u = student_segment(unlabelled_image)
-        unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce) \
+        threshold = settings.pseudo_threshold
+        unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce, threshold) \
             + round_losses(teacher_segment, teacher_rec, unlabelled_image, torch.softmax(teacher_u, 1),
-                           hard_pseudo_label(student_u), settings, generator)
+                           hard_pseudo_label(student_u, threshold), settings, generator)
     return CoTrainingTerms(unsupervised_weight * unsupervised + supervised, supervised.detach(),
                            unsupervised.detach(), unsupervised_weight)

@@ -12,6 +12,7 @@ from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair, build_
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.training.semi_losses import (
+    IGNORE,
     RoundSettings,
     cotraining_loss,
     cross_pseudo_supervision,
@@ -86,6 +87,25 @@ def test_pseudo_labels_are_hard_argmax_of_the_other_model_without_gradient():
     grad_t, = torch.autograd.grad(loss, lt)
     own, = torch.autograd.grad(segmentation_loss(lt, ls.detach().argmax(1, keepdim=True)), lt)
     assert torch.allclose(grad_t, own, atol=1e-7)
+
+
+def test_unconfident_pseudo_label_pixels_are_ignored_by_every_loss_term():
+    # two pixels: the labelling model is sure of class 2 on the first, unsure on the second
+    other = torch.tensor([[0.0, 0.0, 6.0], [0.3, 0.2, 0.0]]).T.reshape(1, C, 1, 2)
+    assert hard_pseudo_label(other, threshold=0.9).flatten().tolist() == [2, IGNORE]
+    assert hard_pseudo_label(other, threshold=0.0).flatten().tolist() == [2, 0]
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, C, 8, 8, generator=g, requires_grad=True)
+    target = torch.randint(0, C, (2, 1, 8, 8), generator=g)
+    target[:, :, :4] = IGNORE
+    loss = segmentation_loss(logits, target)
+    grad, = torch.autograd.grad(loss, logits)
+    assert torch.all(grad[:, :, :4] == 0) and grad[:, :, 4:].abs().sum() > 0
+    # the loss is that of the kept half alone
+    assert loss.item() == pytest.approx(segmentation_loss(logits[:, :, 4:], target[:, :, 4:]).item(), rel=1e-5)
+    nothing_kept = segmentation_loss(logits, torch.full_like(target, IGNORE))
+    assert torch.isfinite(nothing_kept)
 
 
 def test_reconstruction_loss_back_propagates_into_the_segmentation_pathway():
@@ -244,6 +264,22 @@ def test_zero_unlabelled_cases_degrade_to_supervised_training(tmp_path):
     trainer = SimpleNamespace(preprocessed_dataset_folder_base=str(tmp_path),
                               configuration_manager=SimpleNamespace(data_identifier="plans_2d"))
     assert build_unlabelled_loader(trainer) is None  # no <data_identifier>_unlabelled folder
+
+
+def test_lambda_zero_skips_the_unlabelled_branch():
+    calls = []
+
+    def seg(x):
+        calls.append(x)
+        return torch.zeros(x.shape[0], C, *x.shape[2:], requires_grad=True)
+
+    x, y, unlabelled = torch.randn(SHAPE), labels(), torch.randn(SHAPE)
+    terms = cotraining_loss(seg, seg, lambda n, m, t: torch.zeros_like(n), x, y, unlabelled, rounds(1),
+                            unsupervised_weight=0.0)
+    assert terms.unsupervised.item() == 0.0 and not any(c is unlabelled for c in calls)
+    cotraining_loss(seg, seg, lambda n, m, t: torch.zeros_like(n), x, y, unlabelled, rounds(1),
+                    unsupervised_weight=0.5)
+    assert sum(c is unlabelled for c in calls) == 2  # teacher and student (the round segments its reconstruction)
 
 
 @pytest.mark.parametrize("ramp_rounds", [False, True])
