@@ -81,7 +81,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     overrides = {"seed": seed, "num_epochs": epochs, "num_iterations_per_epoch": iterations}
     for name in datasets:
         for fraction in fractions:
-            key = f"{name}@{fraction:g}"
+            key = f"{name}@{fraction:g}" + (f" seed {seed}" if seed else "")
             dataset_id = _dataset_id(name, fraction)
             raw = next(paths.raw().glob(f"Dataset{dataset_id:03d}_*"), None) if paths.raw().is_dir() else None
             raw = raw or make_dataset(name, paths.raw(), dataset_id, seed=seed, labelled_fraction=fraction)
@@ -91,7 +91,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
             labelled = meta["numTraining"] - len(meta.get("unlabelled", []))
             fold = 0 if labelled >= CROSS_VALIDATION_FOLDS else "all"  # one labelled case per fold at least
             res = results.setdefault(key, {
-                "dataset": name, "labelled_fraction": fraction,
+                "dataset": name, "labelled_fraction": fraction, "seed": seed,
                 "labelled_cases": labelled, "fold": fold,
                 "unlabelled_cases": len(meta.get("unlabelled", [])),
                 "epochs": epochs or budget["num_epochs"], "iterations": iterations or budget["num_iterations_per_epoch"],
@@ -140,8 +140,40 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     return results
 
 
+def summarise_draws(results: dict) -> dict:
+    """Mean test Dice of each method over the draws (seeds) of each dataset and labelled fraction.
+
+    Returns:
+        {(dataset, fraction): {method: [Dice of each draw that ran it]}}, in the order of `results`.
+    """
+    summary: dict = {}
+    for res in results.values():
+        methods = summary.setdefault((res["dataset"], res["labelled_fraction"]), {})
+        for method, entry in res["methods"].items():
+            methods.setdefault(method, []).append(entry["test"]["dice"])
+    return summary
+
+
+def render_summary(results: dict) -> str:
+    """One Markdown table: mean test Dice over draws (and the draws' count) per slice and method."""
+    summary = summarise_draws(results)
+    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method))
+    lines = ["| slice | " + " | ".join(methods) + " |", "|:---|" + "---:|" * len(methods)]
+    for (dataset, fraction), per_method in summary.items():
+        cells = []
+        for method in methods:
+            values = per_method.get(method)
+            if not values:
+                cells.append("-")
+                continue
+            spread = f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
+            cells.append(f"{sum(values) / len(values):.4f}{spread}, n = {len(values)}")
+        lines.append(f"| {dataset}, {fraction:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(results: dict) -> str:
-    """The JSON results as one Markdown table per dataset and labelled fraction."""
+    """The JSON results as one Markdown table per dataset, labelled fraction and draw, then the summary."""
     lines = []
     for key, res in results.items():
         options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
@@ -160,6 +192,7 @@ def render_markdown(results: dict) -> str:
                          f"{'-' if teacher_s is None else f'{teacher_s:.0f}'} | "
                          f"{e['median_seconds_per_iteration']:.3f} |")
         lines.append("")
+    lines += ["### Mean test Dice over draws (min-max)", "", render_summary(results)]
     return "\n".join(lines)
 
 
@@ -172,8 +205,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every training (default: the plan's)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: the plan's)")
     parser.add_argument("--out", default="docs/benchmark_semi.json")
-    parser.add_argument("--work", default="benchmark_work_semi", help="data, models and predictions")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=None, help="data, models and predictions "
+                        "(default: benchmark_work_semi/seed_SEED)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draw: generated data (synthetic datasets), labelled split and training seed")
     parser.add_argument("--semi", default="{}", help="JSON of SemiSupervisedConfig fields for cps and semi_rR "
                                                      "(not rounds or teacher), e.g. '{\"rec_start_step\": 3}'")
     parser.add_argument("--device", default="cpu", help="torch device of training and prediction")
@@ -188,7 +223,7 @@ def main() -> None:
     semi_options = json.loads(args.semi)
     if {"rounds", "teacher"} & set(semi_options):
         parser.error("--semi sets neither rounds (use semi_rR) nor teacher (pre-trained per dataset)")
-    work = Path(args.work).absolute()
+    work = Path(args.work or f"benchmark_work_semi/seed_{args.seed}").absolute()
     os.environ.setdefault("DNNUNET_DATA", str(work / "data"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import diffusion_nnunet  # noqa: F401  (sets the nnU-Net folders from DNNUNET_DATA)
