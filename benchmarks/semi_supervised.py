@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def _evaluate(model: Path, raw: Path, out: Path, device, seed: int, fold) -> dic
     seconds = time.perf_counter() - start
     ev = evaluate_folders(raw / "labelsTs", out, dataset_json=raw / "dataset.json")["foreground_mean"]
     return {"dice": ev["Dice"], "hd95": ev["HD95"], "nsd": ev["NSD"], "predict_seconds": round(seconds, 1)}
+
+
+def _commit() -> str | None:
+    """The checkout's commit (provenance of each result), None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epochs: int | None,
@@ -101,7 +111,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 if method in res["methods"]:
                     continue
                 trainer, rounds = _trainer_and_rounds(method)
-                entry: dict = {}
+                entry: dict = {"device": device.type, "commit": _commit()}
                 values = dict(overrides)
                 if trainer != "baseline" and semi_options:
                     values["semi"] = dict(semi_options)
@@ -177,7 +187,8 @@ def render_markdown(results: dict) -> str:
     lines = []
     for key, res in results.items():
         options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
-        lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled "
+        draw = f", draw {res['seed']}" if res.get("seed") else ""
+        lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled{draw} "
                   f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
                   f"{res['epochs']} epochs x {res['iterations']} iterations for every method; "
                   f"fold {res.get('fold', 0)}; imagesTs; device {res.get('device', 'cpu')}; co-trainer options: {options}."
@@ -187,7 +198,8 @@ def render_markdown(results: dict) -> str:
         for method, e in res["methods"].items():
             t = e["test"]
             teacher_s = e.get("teacher_train_seconds")
-            lines.append(f"| {method} | {t['dice']:.4f} | {t['hd95']:.3f} | {t['nsd']:.4f} | "
+            where = f" ({e['device']})" if e.get("device", res.get("device")) != res.get("device") else ""
+            lines.append(f"| {method}{where} | {t['dice']:.4f} | {t['hd95']:.3f} | {t['nsd']:.4f} | "
                          f"{e['validation_dice']:.4f} | {e.get('selected', '-')} | {e['train_seconds']:.0f} | "
                          f"{'-' if teacher_s is None else f'{teacher_s:.0f}'} | "
                          f"{e['median_seconds_per_iteration']:.3f} |")
