@@ -66,6 +66,14 @@ def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
     assert resumed["current_epoch"] == 2 and resumed["init_args"]["dnnunet_config"]["semi"]["teacher"] == str(teacher)
     assert not torch.equal(resumed["network_weights"][f"teacher.{key}"], ckpt["network_weights"][f"teacher.{key}"])
 
+    # two processes (gloo) go on for one more epoch: the losses run through DDP's forward, and the
+    # model choice is made from the validation counts of both ranks
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_cotrain", "--continue", "--skip-validation",
+                 "--num-processes", "2", *train_args(epochs=3)]) == 0
+    two = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert two["current_epoch"] == 3 and json.loads((fold / "training_stats.json").read_text())["num_processes"] == 2
+    assert not torch.equal(two["network_weights"][f"student.{key}"], resumed["network_weights"][f"student.{key}"])
+
     out = tmp_path / "pred"
     assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "semi_cotrain",
                  "-f", "0", "-device", "cpu", "--save-probabilities"]) == 0

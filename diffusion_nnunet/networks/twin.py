@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 TEACHER, STUDENT = 0, 1
 MODEL_NAMES = ("teacher", "student")
+
+# ``forward(closure)`` returns ``closure(module)``. The semi-supervised losses call the pathways
+# directly; with several processes they must still run inside DistributedDataParallel's forward,
+# which prepares the gradient reduction, so the trainers pass them to the wrapper as a closure.
+LossClosure = Callable[[nn.Module], object]
 
 
 def _full_resolution(out) -> Tensor:
@@ -54,8 +60,10 @@ class TwinPathwayNet(nn.Module):
         """Seg's decoder (nnU-Net toggles ``decoder.deep_supervision`` on the trained network)."""
         return self.seg.decoder
 
-    def forward(self, x: Tensor, t) -> Tensor | list[Tensor]:
-        """Seg: ``x = cat([image, m_t])``, t normalised time -> x0 logits."""
+    def forward(self, x: Tensor | LossClosure, t=None):
+        """Seg: ``x = cat([image, m_t])``, t normalised time -> x0 logits (or a loss closure's result)."""
+        if callable(x):
+            return x(self)
         return self.seg(x, t)
 
     def seg_logits(self, image: Tensor, m_t: Tensor, t_net) -> Tensor:
@@ -116,7 +124,10 @@ class CoTrainPair(nn.Module):
     def decoder(self):
         return self.chosen.decoder
 
-    def forward(self, x: Tensor, t) -> Tensor | list[Tensor]:
+    def forward(self, x: Tensor | LossClosure, t=None):
+        """The selected model's Seg (or a loss closure's result)."""
+        if callable(x):
+            return x(self)
         return self.chosen(x, t)
 
     def select(self, index: int) -> None:

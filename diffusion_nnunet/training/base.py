@@ -56,6 +56,8 @@ class DnnTrainer(nnUNetTrainer):
     """
 
     show_progress: bool = True
+    # DDP's gradient reduction waits for every parameter unless told that some may go unused
+    ddp_find_unused_parameters: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cpu")):
@@ -145,7 +147,8 @@ class DnnTrainer(nnUNetTrainer):
             self.is_ddp = True
         self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
         self.network = DistributedDataParallel(
-            self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.ddp_find_unused_parameters)
         # rebuilt as a DDP loss: Dice over the global batch, and no zero deep-supervision weight
         # (a parameter without gradient would stall DDP's gradient reduction); made exact for
         # shards of unequal size

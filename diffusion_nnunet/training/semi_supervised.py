@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
+from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
 from diffusion_nnunet.training.registry import register_variant
@@ -63,6 +65,9 @@ def resolve_teacher_checkpoint(teacher: str | Path, fold) -> Path:
 
 class _SemiBase(DnnDiffusionTrainer):
     """What both semi-supervised trainers share: config, one-pass Seg, the optimisation step, inference."""
+
+    # the student's Rec never gets a gradient, nor does the teacher's Rec without rounds (cps)
+    ddp_find_unused_parameters = True
 
     @classmethod
     def default_config(cls) -> TrainingConfig:
@@ -106,13 +111,18 @@ class _SemiBase(DnnDiffusionTrainer):
         net = self.network.module if self.is_ddp else self.network
         return getattr(net, "_orig_mod", net)
 
+    def _do_i_compile(self) -> bool:
+        # with several processes the losses reach the network as closures through its forward
+        # (`run_loss`), which torch.compile would have to trace: left uncompiled there
+        return super()._do_i_compile() and not distributed.is_distributed()
+
+    def run_loss(self, closure):
+        """``closure(network)``: through the DDP wrapper's forward with several processes, which
+        sets up the gradient reduction for the backward pass that follows; else directly."""
+        return self.network(closure) if self.is_ddp else closure(self._module())
+
     # ---------------------------------------------------------------- training loop pieces
     def on_train_start(self):
-        if self.is_ddp:
-            # the losses call the pathways directly, not through the DDP wrapper's forward, and the
-            # student's Rec gets no gradient: DDP's gradient reduction would be wrong or stall
-            raise UserInputError(f"{self.__class__.__name__} does not support several processes yet; "
-                                 "train with --num-processes 1")
         super().on_train_start()
         self.dataloader_unlabelled = build_unlabelled_loader(self)
         self.num_unlabelled = 0 if self.dataloader_unlabelled is None else self.dataloader_unlabelled.num_cases
@@ -158,9 +168,9 @@ class SemiTeacherTrainer(_SemiBase):
         return build_twin(configuration_manager, num_input_channels, num_output_channels,
                           config.diffusion.time_embed_dim)
 
-    def teacher_loss(self, image: torch.Tensor) -> torch.Tensor:
+    def teacher_loss(self, image: torch.Tensor, model: TwinPathwayNet | None = None) -> torch.Tensor:
         """``L_rec`` of the images from the teacher's own mask p = softmax(Seg(I)) (gradient into Seg)."""
-        model = self._module()
+        model = model or self._module()
         probs = torch.softmax(self.segment(model, image), 1)
         return reconstruction_loss(model.rec_eps, image, 2 * probs - 1, self.rec_schedule)
 
@@ -171,7 +181,7 @@ class SemiTeacherTrainer(_SemiBase):
             image = self._next_unlabelled_images()
         else:
             image = images_only(batch).to(self.device, non_blocking=True)
-        return self.teacher_loss(image), {}
+        return self.run_loss(lambda model: self.teacher_loss(image, model)), {}
 
     def compute_loss(self, data: torch.Tensor, target, update_sampler: bool = True) -> torch.Tensor:
         """Validation loss: L_rec of the validation images (the target is ignored)."""
@@ -220,16 +230,19 @@ class SemiCoTrainer(_SemiBase):
 
     # ---------------------------------------------------------------- loss
     def semi_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        pair = self._module()
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        unlabelled = self._next_unlabelled_images()
         lam = ramp_weight(self.current_epoch, self.num_epochs, self.semi.ramp_fraction)
-        terms = cotraining_loss(lambda x: self.segment(pair.teacher, x), lambda x: self.segment(pair.student, x),
-                                pair.teacher.rec_eps, data, target, self._next_unlabelled_images(),
-                                self.round_settings(), lam)
-        return terms.total, {"supervised": terms.supervised.cpu().numpy(),
-                             "unsupervised": terms.unsupervised.cpu().numpy()}
+
+        def loss(pair: CoTrainPair):
+            terms = cotraining_loss(lambda x: self.segment(pair.teacher, x), lambda x: self.segment(pair.student, x),
+                                    pair.teacher.rec_eps, data, target, unlabelled, self.round_settings(), lam)
+            return terms.total, terms.supervised, terms.unsupervised
+
+        total, supervised, unsupervised = self.run_loss(loss)
+        return total, {"supervised": supervised.cpu().numpy(), "unsupervised": unsupervised.cpu().numpy()}
 
     def compute_loss(self, data: torch.Tensor, target, update_sampler: bool = True) -> torch.Tensor:
         """Validation loss: the selected model's Dice (+ CE) against the labels."""
@@ -251,9 +264,14 @@ class SemiCoTrainer(_SemiBase):
     def on_validation_epoch_end(self, val_outputs: list[dict]):
         """Update each model's Dice average, select the better one, log it as nnU-Net's pseudo Dice."""
         pair = self._module()
+        counts = {name: [np.sum([o[name][i] for o in val_outputs], 0) for i in range(3)] for name in MODEL_NAMES}
+        if self.is_ddp:  # every rank chooses from the counts of all ranks, so all choose alike
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, counts)
+            counts = {name: [sum(g[name][i] for g in gathered) for i in range(3)] for name in MODEL_NAMES}
         dice = []
         for name in MODEL_NAMES:
-            tp, fp, fn = (np.sum([o[name][i] for o in val_outputs], 0) for i in range(3))
+            tp, fp, fn = counts[name]
             per_class = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
             dice.append(float(np.mean(per_class)))
         m = self.semi.selection_momentum

@@ -168,6 +168,48 @@ def test_uneven_shards_give_the_single_process_gradient(tmp_path):
         assert torch.allclose(single[name], ddp[name], atol=1e-6, rtol=1e-5), name
 
 
+def _pair_closure_gradients(device: torch.device, out_file: str) -> None:
+    """Gradients of a teacher/student loss on a batch of 2 that leaves the student's Rec unused:
+    one sample per rank, the loss run as a closure through DDP's forward (as the semi-supervised
+    trainers do), or both samples in one process."""
+    from torch.nn.functional import cross_entropy
+    from torch.nn.parallel import DistributedDataParallel
+
+    from diffusion_nnunet.networks.twin import CoTrainPair
+    from tests.training.test_semi_supervised import C, SHAPE, tiny_twin
+
+    pair = CoTrainPair(tiny_twin(0), tiny_twin(1))
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(SHAPE, generator=g), torch.randint(0, C, (SHAPE[0], *SHAPE[2:]), generator=g)
+    world, rank = distributed.world_size(), distributed.rank()
+    net = pair
+    if world > 1:
+        net = DistributedDataParallel(pair, find_unused_parameters=True)
+        x, y = x[rank:rank + 1], y[rank:rank + 1]
+    m, t = torch.full((x.shape[0], C, *x.shape[2:]), 0.5), torch.tensor(1.0)
+
+    def loss(p: CoTrainPair) -> torch.Tensor:
+        teacher = p.teacher.seg_logits(x, m, t)
+        rec = p.teacher.rec_eps(torch.zeros_like(x), 2 * torch.softmax(teacher, 1) - 1, t)
+        return cross_entropy(teacher, y) + cross_entropy(p.student.seg_logits(x, m, t), y) + rec.pow(2).mean()
+
+    net(loss).backward()
+    if rank == 0:
+        torch.save({n.removeprefix("module."): p.grad for n, p in net.named_parameters()}, out_file)
+
+
+@pytest.mark.slow
+def test_semi_supervised_loss_closure_through_ddp_gives_the_single_process_gradient(tmp_path):
+    _pair_closure_gradients(torch.device("cpu"), str(tmp_path / "single.pt"))
+    distributed.launch(_pair_closure_gradients, (str(tmp_path / "ddp.pt"),), 2, torch.device("cpu"), timeout_s=60)
+    single, ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
+    assert all(single[n] is None and ddp[n] is None for n in single if n.startswith("student.rec."))
+    used = [n for n in single if single[n] is not None]
+    assert any(n.startswith("teacher.rec.") for n in used) and any(n.startswith("student.seg.") for n in used)
+    for name in used:
+        assert torch.allclose(single[name], ddp[name], atol=1e-6, rtol=1e-4), name
+
+
 def _world_size_on(device: torch.device) -> tuple[int, str]:
     return distributed.world_size(), device.type
 
