@@ -11,6 +11,7 @@ The backend follows the device: NCCL for CUDA, gloo for the CPU. Collectives tim
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -277,14 +278,17 @@ def run_in_group(fn: Callable[..., Any], device: torch.device, args: tuple) -> A
 
     A rank that tears its gloo group down while a peer is still at work (rank 0 saving, say) can
     die in gloo's C++ teardown ("terminate called without an active exception", SIGABRT); the
-    closing barrier keeps every rank in the group until all are done. After a failure the group is
-    left at once (the peers then fail their next collective and stop).
+    closing barrier keeps every rank in the group until all are done. So can a rank whose group
+    outlives `destroy_process_group` because a DDP wrapper left in a reference cycle still holds
+    it: it is then freed during interpreter shutdown, too late; hence the collection first.
+    After a failure the group is left at once (the peers then fail their next collective and stop).
     """
     try:
         result = fn(device, *args)
         dist.barrier()
         return result
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 

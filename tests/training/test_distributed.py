@@ -206,8 +206,8 @@ def test_semi_supervised_loss_closure_through_ddp_gives_the_single_process_gradi
     assert all(single[n] is None and ddp[n] is None for n in single if n.startswith("student.rec."))
     used = [n for n in single if single[n] is not None]
     assert any(n.startswith("teacher.rec.") for n in used) and any(n.startswith("student.seg.") for n in used)
-    for name in used:
-        assert torch.allclose(single[name], ddp[name], atol=1e-6, rtol=1e-4), name
+    for name in used:  # equal up to float summation order (without the reduction: off by O(1))
+        assert (single[name] - ddp[name]).abs().max() <= 1e-3 * single[name].abs().max() + 1e-5, name
 
 
 def _world_size_on(device: torch.device) -> tuple[int, str]:
