@@ -1,6 +1,7 @@
 """Semi-supervised teacher / twin students: loss terms, the two-pathway model, config and registry (no files)."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -89,7 +90,7 @@ def test_pseudo_labels_are_hard_argmax_of_the_other_model_without_gradient():
     assert torch.allclose(grad_t, own, atol=1e-7)
 
 
-def test_unconfident_pseudo_label_pixels_are_ignored_by_every_loss_term():
+def test_unconfident_pseudo_label_pixels_count_in_neither_dice_nor_cross_entropy():
     # two pixels: the labelling model is sure of class 2 on the first, unsure on the second
     other = torch.tensor([[0.0, 0.0, 6.0], [0.3, 0.2, 0.0]]).T.reshape(1, C, 1, 2)
     assert hard_pseudo_label(other, threshold=0.9).flatten().tolist() == [2, IGNORE]
@@ -280,6 +281,25 @@ def test_lambda_zero_skips_the_unlabelled_branch():
     cotraining_loss(seg, seg, lambda n, m, t: torch.zeros_like(n), x, y, unlabelled, rounds(1),
                     unsupervised_weight=0.5)
     assert sum(c is unlabelled for c in calls) == 2  # teacher and student (the round segments its reconstruction)
+
+
+def test_pseudo_threshold_reaches_every_unlabelled_term():
+    def seg(x):  # unsure everywhere: probabilities 1/C
+        return torch.zeros(x.shape[0], C, *x.shape[2:], requires_grad=True)
+
+    def rec(noisy, mask, t_net):
+        return torch.zeros_like(noisy)
+
+    x, y, unlabelled = torch.randn(SHAPE), labels(), torch.randn(SHAPE)
+    unsupervised = {}
+    for threshold in (0.0, 0.9):
+        settings = RoundSettings(rounds=1, weight=1.0, chain=True, rec_schedule=NoiseSchedule.linear(10),
+                                 sampling_steps=2, pseudo_threshold=threshold)
+        unsupervised[threshold] = cotraining_loss(seg, seg, rec, x, y, unlabelled, settings,
+                                                  unsupervised_weight=1.0).unsupervised.item()
+    # every pixel ignored: both CPS terms and the round's Dice + CE vanish, L_rec stays (E[eps^2] = 1)
+    assert unsupervised[0.9] == pytest.approx(1.0, abs=0.15)
+    assert unsupervised[0.0] > unsupervised[0.9] + 3 * math.log(C)  # three CE terms of ln C at least
 
 
 @pytest.mark.parametrize("ramp_rounds", [False, True])
