@@ -43,11 +43,10 @@ def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tenso
         smooth: added to numerator and denominator (a class absent from both then scores 1).
     """
     index = _index_map(target, probs)
-    ignored = index == IGNORE
-    onehot = F.one_hot(index.clamp(min=0), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
-    if ignored.any():
-        keep = (~ignored).unsqueeze(1).to(probs.dtype)
-        probs, onehot = probs * keep, onehot * keep
+    # masked unconditionally (x * 1 is exact): a data-dependent branch would sync the GPU per call
+    keep = (index != IGNORE).unsqueeze(1).to(probs.dtype)
+    onehot = F.one_hot(index.clamp(min=0), probs.shape[1]).movedim(-1, 1).to(probs.dtype) * keep
+    probs = probs * keep
     axes = [0] + list(range(2, probs.ndim))
     intersection = (probs * onehot).sum(axes)
     denominator = probs.sum(axes) + onehot.sum(axes)
@@ -60,10 +59,8 @@ def segmentation_loss(logits: Tensor, target: Tensor, ce_weight: float = 1.0) ->
     loss = soft_dice_loss(torch.softmax(logits, 1), target)
     if ce_weight:
         index = _index_map(target, logits)
-        kept = (index != IGNORE).sum()
         # sum / kept rather than the mean with ignore_index: that mean is NaN when nothing is kept
-        ce = F.cross_entropy(logits, index, ignore_index=IGNORE, reduction="sum") / kept.clamp(min=1) \
-            if kept < index.numel() else F.cross_entropy(logits, index)
+        ce = F.cross_entropy(logits, index, ignore_index=IGNORE, reduction="sum") / (index != IGNORE).sum().clamp(min=1)
         loss = loss + ce_weight * ce
     return loss
 
