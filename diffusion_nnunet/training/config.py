@@ -81,6 +81,10 @@ class SemiSupervisedConfig:
             its class at least this probability (0: every pixel counts, as in plain CPS).
         selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
             that picks the final model (0: the last epoch's Dice alone).
+        copy_paste: 0: the cross pseudo-supervision terms score the models on the unlabelled
+            images; in (0, 1): on bidirectional copy-paste mixes of the labelled and the unlabelled
+            batch (a box of this share of the patch's side from one image, the rest from the other;
+            targets: labels and the other model's pseudo-labels, mixed alike).
     """
 
     teacher: str | None = None
@@ -98,6 +102,7 @@ class SemiSupervisedConfig:
     ramp_rounds: bool = True
     pseudo_threshold: float = 0.0
     selection_momentum: float = 0.5
+    copy_paste: float = 0.0
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -115,6 +120,8 @@ class SemiSupervisedConfig:
             raise UserInputError("round_weight and ce_weight must not be negative, rec_clip must be positive")
         if not 0 <= self.pseudo_threshold < 1:
             raise UserInputError(f"pseudo_threshold must be in [0, 1), got {self.pseudo_threshold}")
+        if not 0 <= self.copy_paste < 1:
+            raise UserInputError(f"copy_paste must be in [0, 1) (0: off), got {self.copy_paste}")
         if not 0 <= self.selection_momentum < 1:
             raise UserInputError(f"selection_momentum must be in [0, 1), got {self.selection_momentum}")
 

@@ -93,6 +93,54 @@ def cross_pseudo_supervision(student_logits: Tensor, teacher_logits: Tensor, ce_
             + segmentation_loss(teacher_logits, hard_pseudo_label(student_logits, threshold), ce_weight))
 
 
+def random_box_mask(shape: tuple[int, ...], fraction: float, generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> Tensor:
+    """(B, 1, *spatial) float mask: 1 inside one axis-aligned box per sample, 0 elsewhere.
+
+    Args:
+        shape: (B, C, *spatial) of the batch the mask is for.
+        fraction: each side of the box as a share of the patch's side (rounded, at least 1 pixel).
+        generator: random generator of the boxes' places.
+        device: device of the mask.
+    """
+    batch, spatial = shape[0], shape[2:]
+    mask = torch.zeros((batch, 1, *spatial), device=device)
+    sides = [max(1, min(n, round(fraction * n))) for n in spatial]
+    corners = [torch.randint(0, n - side + 1, (batch,), generator=generator).tolist() for n, side in zip(spatial, sides)]
+    for b in range(batch):
+        mask[(b, 0, *(slice(c[b], c[b] + side) for c, side in zip(corners, sides)))] = 1
+    return mask
+
+
+def copy_paste(labelled_image: Tensor, label: Tensor, unlabelled_image: Tensor, pseudo_label: Tensor,
+               box: Tensor) -> tuple[Tensor, Tensor]:
+    """Bidirectional copy-paste of a labelled and an unlabelled batch (Bai et al., CVPR 2023, "BCP").
+
+    Sample b of the first half is labelled image b with the outside of its box taken from unlabelled
+    image b; the second half the other way round. Targets mix the same way: labels where the
+    labelled image shows, pseudo-labels where the unlabelled one does. With few labels this puts
+    ground truth into the context of unlabelled anatomy, and the pseudo-labels of unlabelled
+    anatomy beside labelled context.
+
+    Args:
+        labelled_image, label: the labelled batch (label: class indices, (B, 1, *spatial) or (B, *spatial)).
+        unlabelled_image: images of the unlabelled batch, the same shape as `labelled_image`.
+        pseudo_label: hard pseudo-labels of `unlabelled_image` (may hold `IGNORE`).
+        box: (B, 1, *spatial) mask of `random_box_mask`.
+
+    Returns:
+        (images, targets): 2B mixed images and their (2B, 1, *spatial) class-index targets.
+    """
+    inside = box.bool()
+    label = _index_map(label, labelled_image).unsqueeze(1)
+    pseudo = _index_map(pseudo_label, unlabelled_image).unsqueeze(1)
+    box = box.to(labelled_image.dtype)
+    images = torch.cat([box * labelled_image + (1 - box) * unlabelled_image,
+                        box * unlabelled_image + (1 - box) * labelled_image])
+    targets = torch.cat([torch.where(inside, label, pseudo), torch.where(inside, pseudo, label)])
+    return images, targets
+
+
 def reconstruction_loss(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedule: NoiseSchedule,
                         t: Tensor | None = None, noise: Tensor | None = None,
                         generator: torch.Generator | None = None) -> Tensor:
@@ -173,6 +221,9 @@ class RoundSettings:
         ramp_rounds: the round terms of labelled batches ramp up with lambda like L_u.
         pseudo_threshold: pseudo-label pixels where the labelling model's top probability is
             below it are ignored (0: every pixel counts).
+        copy_paste: 0: cross pseudo-supervision on the unlabelled images; else on bidirectional
+            copy-paste mixes of the labelled and unlabelled batch (`copy_paste`), with boxes
+            of this share of the patch's side.
     """
 
     rounds: int
@@ -186,6 +237,7 @@ class RoundSettings:
     rec_into_seg: bool = True
     ramp_rounds: bool = True
     pseudo_threshold: float = 0.0
+    copy_paste: float = 0.0
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -259,7 +311,9 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
     L_s (labelled batch): Dice(S, y) + Dice(Te, y) + round terms against y (those scaled by
     lambda too with ``settings.ramp_rounds``).
     L_u (unlabelled batch): Dice(pS, argmax pT) + Dice(pT, argmax pS) + round terms against
-    argmax pS, each pseudo-label without the pixels below ``settings.pseudo_threshold``. Only
+    argmax pS, each pseudo-label without the pixels below ``settings.pseudo_threshold``; with
+    ``settings.copy_paste`` the two Dice terms score both models on copy-paste mixes of the
+    labelled and unlabelled batch against the mixed labels and other model's pseudo-labels. Only
     images of the unlabelled batch are seen; without one (no unlabelled cases), L = L_s, plain
     supervised training of both models. At lambda = 0 L_u is not computed (it would count nothing).
 
@@ -282,11 +336,28 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
             teacher_segment, teacher_rec, labelled_image, torch.softmax(teacher_logits, 1), label, settings, generator)
     unsupervised = labelled_image.new_zeros(())
     if unlabelled_image is not None and unsupervised_weight:
-        teacher_u = teacher_segment(unlabelled_image)
-        student_u = student_segment(unlabelled_image)
         threshold = settings.pseudo_threshold
-        unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce, threshold) \
-            + round_losses(teacher_segment, teacher_rec, unlabelled_image, torch.softmax(teacher_u, 1),
-                           hard_pseudo_label(student_u, threshold), settings, generator)
+        if settings.copy_paste:
+            # the direct passes only label (and feed the rounds): no graph where nothing needs one
+            with torch.set_grad_enabled(settings.rounds > 0 and torch.is_grad_enabled()):
+                teacher_u = teacher_segment(unlabelled_image)
+            with torch.no_grad():
+                student_u = student_segment(unlabelled_image)
+            n = min(labelled_image.shape[0], unlabelled_image.shape[0])
+            box = random_box_mask(tuple(unlabelled_image[:n].shape), settings.copy_paste, generator,
+                                  unlabelled_image.device)
+            mixed, from_teacher = copy_paste(labelled_image[:n], label[:n], unlabelled_image[:n],
+                                             hard_pseudo_label(teacher_u[:n], threshold), box)
+            _, from_student = copy_paste(labelled_image[:n], label[:n], unlabelled_image[:n],
+                                         hard_pseudo_label(student_u[:n], threshold), box)
+            unsupervised = segmentation_loss(student_segment(mixed), from_teacher, ce) \
+                + segmentation_loss(teacher_segment(mixed), from_student, ce)
+        else:
+            teacher_u = teacher_segment(unlabelled_image)
+            student_u = student_segment(unlabelled_image)
+            unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce, threshold)
+        unsupervised = unsupervised + round_losses(teacher_segment, teacher_rec, unlabelled_image,
+                                                   torch.softmax(teacher_u, 1), hard_pseudo_label(student_u, threshold),
+                                                   settings, generator)
     return CoTrainingTerms(unsupervised_weight * unsupervised + supervised, supervised.detach(),
                            unsupervised.detach(), unsupervised_weight)

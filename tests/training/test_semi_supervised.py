@@ -15,11 +15,13 @@ from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfi
 from diffusion_nnunet.training.semi_losses import (
     IGNORE,
     RoundSettings,
+    copy_paste,
     cotraining_loss,
     cross_pseudo_supervision,
     ddim_reconstruct,
     hard_pseudo_label,
     ramp_weight,
+    random_box_mask,
     reconstruction_loss,
     round_losses,
     segmentation_loss,
@@ -324,6 +326,62 @@ def test_labelled_round_terms_follow_lambda_only_with_ramp_rounds(ramp_rounds):
         assert at_zero.total.item() > plain.item() + 0.1 and rec_calls
 
 
+def test_random_box_mask_holds_one_box_of_the_asked_size_per_sample():
+    mask = random_box_mask((4, 1, 30, 20), 2 / 3, torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 1, 30, 20) and set(mask.unique().tolist()) == {0.0, 1.0}
+    for m in mask[:, 0]:
+        rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
+        assert len(rows) == 20 and len(cols) == 13  # round(2/3 * side), contiguous:
+        assert rows[-1] - rows[0] == 19 and cols[-1] - cols[0] == 12 and m.sum() == 20 * 13
+    other = random_box_mask((4, 1, 30, 20), 2 / 3, torch.Generator().manual_seed(1))
+    assert not torch.equal(mask, other)
+
+
+def test_copy_paste_mixes_images_and_targets_both_ways():
+    labelled, unlabelled = torch.full(SHAPE, 1.0), torch.full(SHAPE, -1.0)
+    label = torch.full((SHAPE[0], 1, *SHAPE[2:]), 2.0)  # nnU-Net hands float targets
+    pseudo = torch.ones((SHAPE[0], 1, *SHAPE[2:]), dtype=torch.long)
+    pseudo[0, 0, 0, 0] = IGNORE
+    box = torch.zeros((SHAPE[0], 1, *SHAPE[2:]))
+    box[:, :, 4:12, 8:20] = 1
+    images, targets = copy_paste(labelled, label, unlabelled, pseudo, box)
+    b = SHAPE[0]
+    assert images.shape == (2 * b, *SHAPE[1:]) and targets.shape == (2 * b, 1, *SHAPE[2:])
+    inside = box.bool().expand(-1, IMG, -1, -1)
+    assert (images[:b][inside] == 1).all() and (images[:b][~inside] == -1).all()  # labelled box in unlabelled
+    assert (images[b:][inside] == -1).all() and (images[b:][~inside] == 1).all()  # and the other way round
+    assert (targets[:b][box.bool()] == 2).all() and (targets[b:][~box.bool()] == 2).all()
+    assert targets[0, 0, 0, 0] == IGNORE and (targets[b:][box.bool()] == 1).all()
+
+
+@pytest.mark.parametrize("r", [0, 1])
+def test_copy_paste_trains_both_models_on_mixes_and_labels_without_gradient(r):
+    calls = []
+
+    def seg(name):
+        def f(x):
+            calls.append((name, x, torch.is_grad_enabled()))
+            return torch.zeros(x.shape[0], C, *x.shape[2:], requires_grad=True)
+        return f
+
+    x, y, unlabelled = torch.randn(SHAPE), labels(), torch.randn(SHAPE)
+    settings = RoundSettings(rounds=r, weight=1.0, chain=True, rec_schedule=NoiseSchedule.linear(10),
+                             sampling_steps=2, copy_paste=0.5)
+    terms = cotraining_loss(seg("teacher"), seg("student"), lambda n, m, t: torch.zeros_like(n), x, y, unlabelled,
+                            settings, unsupervised_weight=1.0, generator=torch.Generator().manual_seed(0))
+    direct = [(name, grad) for name, image, grad in calls if image is unlabelled]
+    # the student only labels the unlabelled images; the teacher needs a graph there for the rounds alone
+    assert sorted(direct) == [("student", False), ("teacher", r > 0)]
+    mixed = [(name, image) for name, image, grad in calls if image.shape[0] == 2 * SHAPE[0] and grad]
+    assert sorted(name for name, _ in mixed) == ["student", "teacher"]
+    image = mixed[0][1]
+    assert torch.equal(image, mixed[1][1])
+    from_labelled = torch.isclose(image[:SHAPE[0]], x)  # the first half: a box of x in the unlabelled image
+    assert 0 < from_labelled.float().mean() < 1
+    assert torch.allclose(image[:SHAPE[0]][~from_labelled], unlabelled[~from_labelled])
+    assert terms.unsupervised.item() > 0
+
+
 def test_lambda_ramps_linearly_to_one():
     values = [ramp_weight(e, 10, 0.4) for e in range(10)]
     assert values[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and set(values[5:]) == {1.0}
@@ -360,6 +418,13 @@ def test_pair_predicts_with_the_selected_model_and_keeps_the_choice_in_its_weigh
 
 
 # ------------------------------------------------------------------------------------------ config and registry
+
+
+def test_semi_config_rejects_a_copy_paste_box_outside_the_patch():
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(UserInputError, match="copy_paste"):
+            SemiSupervisedConfig(copy_paste=bad).validate()
+    SemiSupervisedConfig(copy_paste=2 / 3).validate()
 
 
 def test_semi_config_round_trip_and_validation():
