@@ -47,13 +47,14 @@ def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
     # semi_cotrain refuses to start without its teacher
     assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_cotrain", *TRAIN]) == 2
     assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "semi_cotrain", "--teacher", str(teacher),
-                 "--rounds", "1", *TRAIN]) == 0
+                 "--rounds", "1", "--semi-option", "copy_paste=0.5", *TRAIN]) == 0
     model = results / "DnnSemiCoTrainer__dnnunetPlans__2d"
     fold = model / "fold_0"
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     teacher_ckpt = torch.load(teacher / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert {k.split(".")[0] for k in ckpt["network_weights"]} >= {"teacher", "student", "selected"}
     assert ckpt["init_args"]["dnnunet_config"]["semi"]["rounds"] == 1
+    assert ckpt["init_args"]["dnnunet_config"]["semi"]["copy_paste"] == 0.5  # --semi-option reached the trainer
     # the co-trained teacher started from the pre-trained one (and both were updated since)
     key = next(k for k in teacher_ckpt["network_weights"] if k.endswith("weight") and "seg.unet" in k)
     assert not torch.equal(ckpt["network_weights"][f"teacher.{key}"], teacher_ckpt["network_weights"][key])

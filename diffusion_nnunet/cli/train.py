@@ -1,4 +1,5 @@
 """dnnunet train"""
+import json
 import os
 import sys
 
@@ -34,9 +35,41 @@ def add_arguments(p):
     g.add_argument("--teacher", default=None, metavar="MODEL_FOLDER",
                    help="semi_cotrain: results folder of the pre-trained semi_teacher model")
     g.add_argument("--rounds", type=int, default=None, help="semi_cotrain: reconstruction rounds R (default 1)")
+    g.add_argument("--semi-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other semi-supervised setting (a SemiSupervisedConfig field, docs/semi_supervised.md), "
+                        "e.g. copy_paste=0 or pseudo_threshold=0.9; the value is read as JSON; repeatable")
     add_device_argument(p)
     p.epilog = "trainers: see `dnnunet train --list-trainers`"
     p.add_argument("--list-trainers", action="store_true", help="list registered trainers and exit")
+
+
+def parse_semi_options(items: list[str]) -> dict:
+    """``["copy_paste=0", "chain_rounds=false"]`` -> ``{"copy_paste": 0, "chain_rounds": False}``.
+
+    A value that is not JSON is taken as a string. Unknown keys and bad values are refused later,
+    by the config.
+
+    Raises:
+        UserInputError: an item without ``=``, a null value (an override of None means "not
+            given" to the config merge), or teacher/rounds (they have their own flags).
+    """
+    from diffusion_nnunet.errors import UserInputError
+
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserInputError(f"--semi-option {item!r}: expected KEY=VALUE, e.g. copy_paste=0")
+        if key in ("teacher", "rounds"):
+            raise UserInputError(f"--semi-option {key}: use --{key}")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+        if options[key] is None:
+            raise UserInputError(f"--semi-option {item!r}: null cannot be set from the command line")
+    return options
 
 
 def run(args):
@@ -56,8 +89,9 @@ def run(args):
                  "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps}
     if any(v is not None for v in diffusion.values()):
         overrides["diffusion"] = diffusion
-    if args.teacher is not None or args.rounds is not None:
-        overrides["semi"] = {"teacher": args.teacher, "rounds": args.rounds}
+    semi = {"teacher": args.teacher, "rounds": args.rounds, **parse_semi_options(args.semi_option)}
+    if any(v is not None for v in semi.values()):
+        overrides["semi"] = semi
     try:
         folder = train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
                        resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz,

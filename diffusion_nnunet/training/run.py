@@ -174,7 +174,7 @@ def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str =
     if (config_overrides or {}).get("diffusion") and values.get("diffusion") is None:
         raise UserInputError(f"diffusion options were given, but {trainer!r} is not a diffusion trainer")
     if (config_overrides or {}).get("semi") and values.get("semi") is None:
-        raise UserInputError(f"semi-supervised options (--teacher, --rounds) were given, but {trainer!r} is not a "
+        raise UserInputError(f"semi-supervised options (--teacher, --rounds, --semi-option) were given, but {trainer!r} is not a "
                              "semi-supervised trainer (semi_teacher, semi_cotrain, cps)")
     values = merge_config_values(values, config_overrides or {})
     trainer_obj.apply_config(TrainingConfig.from_dict(values))
