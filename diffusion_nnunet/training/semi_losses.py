@@ -112,33 +112,24 @@ def random_box_mask(shape: tuple[int, ...], fraction: float, generator: torch.Ge
     return mask
 
 
-def copy_paste(labelled_image: Tensor, label: Tensor, unlabelled_image: Tensor, pseudo_label: Tensor,
-               box: Tensor) -> tuple[Tensor, Tensor]:
-    """Bidirectional copy-paste of a labelled and an unlabelled batch (Bai et al., CVPR 2023, "BCP").
+def copy_paste(first: Tensor, second: Tensor, box: Tensor) -> Tensor:
+    """Bidirectional copy-paste (Bai et al., CVPR 2023, "BCP") of two batches of the same shape.
 
-    Sample b of the first half is labelled image b with the outside of its box taken from unlabelled
-    image b; the second half the other way round. Targets mix the same way: labels where the
-    labelled image shows, pseudo-labels where the unlabelled one does. With few labels this puts
-    ground truth into the context of unlabelled anatomy, and the pseudo-labels of unlabelled
-    anatomy beside labelled context.
+    Sample b of the first half is ``first[b]`` inside its box and ``second[b]`` outside; the second
+    half the other way round. Called on (labelled, unlabelled) images and then on (labels,
+    pseudo-labels), it gives mixed images and their targets: with few labels this puts ground truth
+    into the context of unlabelled anatomy, and pseudo-labels of unlabelled anatomy beside
+    labelled context.
 
     Args:
-        labelled_image, label: the labelled batch (label: class indices, (B, 1, *spatial) or (B, *spatial)).
-        unlabelled_image: images of the unlabelled batch, the same shape as `labelled_image`.
-        pseudo_label: hard pseudo-labels of `unlabelled_image` (may hold `IGNORE`).
+        first, second: images (B, C, *spatial) or class-index maps (B, 1, *spatial).
         box: (B, 1, *spatial) mask of `random_box_mask`.
 
     Returns:
-        (images, targets): 2B mixed images and their (2B, 1, *spatial) class-index targets.
+        The 2B mixed samples.
     """
     inside = box.bool()
-    label = _index_map(label, labelled_image).unsqueeze(1)
-    pseudo = _index_map(pseudo_label, unlabelled_image).unsqueeze(1)
-    box = box.to(labelled_image.dtype)
-    images = torch.cat([box * labelled_image + (1 - box) * unlabelled_image,
-                        box * unlabelled_image + (1 - box) * labelled_image])
-    targets = torch.cat([torch.where(inside, label, pseudo), torch.where(inside, pseudo, label)])
-    return images, targets
+    return torch.cat([torch.where(inside, first, second), torch.where(inside, second, first)])
 
 
 def reconstruction_loss(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedule: NoiseSchedule,
@@ -346,10 +337,10 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
             n = min(labelled_image.shape[0], unlabelled_image.shape[0])
             box = random_box_mask(tuple(unlabelled_image[:n].shape), settings.copy_paste, generator,
                                   unlabelled_image.device)
-            mixed, from_teacher = copy_paste(labelled_image[:n], label[:n], unlabelled_image[:n],
-                                             hard_pseudo_label(teacher_u[:n], threshold), box)
-            _, from_student = copy_paste(labelled_image[:n], label[:n], unlabelled_image[:n],
-                                         hard_pseudo_label(student_u[:n], threshold), box)
+            mixed = copy_paste(labelled_image[:n], unlabelled_image[:n], box)
+            truth = _index_map(label[:n], labelled_image).unsqueeze(1)
+            from_teacher = copy_paste(truth, hard_pseudo_label(teacher_u[:n], threshold), box)
+            from_student = copy_paste(truth, hard_pseudo_label(student_u[:n], threshold), box)
             unsupervised = segmentation_loss(student_segment(mixed), from_teacher, ce) \
                 + segmentation_loss(teacher_segment(mixed), from_student, ce)
         else:

