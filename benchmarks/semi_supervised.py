@@ -1,7 +1,7 @@
 """Benchmark of semi-supervised training (methods.md section 7) against its two reference points.
 
 Usage: python benchmarks/semi_supervised.py [--datasets synthetic-us2d mni-tissue2d] [--fractions 0.1 0.2]
-                                            [--methods baseline cps semi_r1 semi_r3]
+                                            [--methods baseline cps semi_r1 semi_r3 cps_cp semi_r1_cp]
                                             [--epochs E --iterations I] [--out docs/benchmark_semi.json]
                                             [--semi '{"rec_start_step": 3}'] [--device cuda]
        python benchmarks/semi_supervised.py --report-only [--out ...]
@@ -16,7 +16,9 @@ plans, seed and number of epochs x iterations:
 - ``cps``: plain cross pseudo-supervision (teacher and student without teacher pre-training,
   no reconstruction rounds);
 - ``semi_rR``: ``semi_teacher`` pre-training (once per dataset and fraction, shared), then
-  ``semi_cotrain --rounds R`` from that teacher.
+  ``semi_cotrain --rounds R`` from that teacher;
+- either with ``_cp`` appended (``cps_cp``, ``semi_r1_cp``): the same with copy-paste mixing
+  (``copy_paste = COPY_PASTE_BOX``, docs/semi_supervised.md).
 
 Each model predicts imagesTs (diffusion models: their default one-step sampling) and is evaluated
 against labelsTs (mean foreground Dice, HD95, NSD). Training seconds are measured; for the
@@ -39,6 +41,8 @@ logger = logging.getLogger("benchmark")
 
 DATASET_IDS = {"synthetic-us2d": 610, "mni-tissue2d": 640}  # + round(20 * fraction): 0.1 -> 612
 METHODS = ("baseline", "cps", "semi_r1", "semi_r3")
+WITH_COPY_PASTE = "_cp"  # method suffix: with copy-paste boxes of this share of the patch's side:
+COPY_PASTE_BOX = 0.667
 
 
 def _dataset_id(name: str, fraction: float) -> int:
@@ -46,9 +50,17 @@ def _dataset_id(name: str, fraction: float) -> int:
 
 
 def _trainer_and_rounds(method: str) -> tuple[str, int | None]:
+    method = method.removesuffix(WITH_COPY_PASTE)
     if method.startswith("semi_r"):
         return "semi_cotrain", int(method[len("semi_r"):])
     return method, None
+
+
+def _known_method(method: str) -> bool:
+    if method == "baseline":
+        return True
+    base = method.removesuffix(WITH_COPY_PASTE)
+    return base == "cps" or (base.startswith("semi_r") and base[len("semi_r"):].isdigit())
 
 
 def _evaluate(model: Path, raw: Path, out: Path, device, seed: int, fold) -> dict:
@@ -115,6 +127,8 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 values = dict(overrides)
                 if trainer != "baseline" and semi_options:
                     values["semi"] = dict(semi_options)
+                if method.endswith(WITH_COPY_PASTE):
+                    values["semi"] = {**values.get("semi", {}), "copy_paste": COPY_PASTE_BOX}
                 if rounds is not None:
                     teacher = store / "semi_teacher"
                     if not teacher.is_dir():
@@ -213,7 +227,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASET_IDS), choices=list(DATASET_IDS))
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        help="baseline, cps, semi_rR (semi_cotrain with R rounds, e.g. semi_r1 semi_r3)")
+                        help="baseline, cps, semi_rR (semi_cotrain with R rounds, e.g. semi_r1 semi_r3); "
+                             "cps and semi_rR with _cp appended: with copy-paste")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every training (default: the plan's)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: the plan's)")
     parser.add_argument("--out", default="docs/benchmark_semi.json")
@@ -230,7 +245,7 @@ def main() -> None:
         print(render_markdown(json.loads(Path(args.out).read_text())))
         return
     for method in args.methods:
-        if method not in ("baseline", "cps") and not (method.startswith("semi_r") and method[6:].isdigit()):
+        if not _known_method(method):
             parser.error(f"unknown method {method!r}")
     semi_options = json.loads(args.semi)
     if {"rounds", "teacher"} & set(semi_options):
