@@ -41,8 +41,8 @@ logger = logging.getLogger("benchmark")
 
 DATASET_IDS = {"synthetic-us2d": 610, "mni-tissue2d": 640}  # + round(20 * fraction): 0.1 -> 612
 METHODS = ("baseline", "cps", "semi_r1", "semi_r3")
-WITH_COPY_PASTE = "_cp"  # method suffix: with copy-paste boxes of this share of the patch's side:
-COPY_PASTE_BOX = 0.667
+WITH_COPY_PASTE = "_cp"  # method suffix: the co-trainer with copy-paste mixing
+COPY_PASTE_BOX = 0.667  # its box side as a share of the patch's (BCP's 2/3)
 
 
 def _dataset_id(name: str, fraction: float) -> int:
