@@ -340,15 +340,16 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
             mixed = copy_paste(labelled_image[:n], unlabelled_image[:n], box)
             truth = _index_map(label[:n], labelled_image).unsqueeze(1)
             from_teacher = copy_paste(truth, hard_pseudo_label(teacher_u[:n], threshold), box)
-            from_student = copy_paste(truth, hard_pseudo_label(student_u[:n], threshold), box)
+            student_label = hard_pseudo_label(student_u, threshold)
+            from_student = copy_paste(truth, student_label[:n], box)
             unsupervised = segmentation_loss(student_segment(mixed), from_teacher, ce) \
                 + segmentation_loss(teacher_segment(mixed), from_student, ce)
         else:
             teacher_u = teacher_segment(unlabelled_image)
             student_u = student_segment(unlabelled_image)
+            student_label = hard_pseudo_label(student_u, threshold)
             unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce, threshold)
         unsupervised = unsupervised + round_losses(teacher_segment, teacher_rec, unlabelled_image,
-                                                   torch.softmax(teacher_u, 1), hard_pseudo_label(student_u, threshold),
-                                                   settings, generator)
+                                                   torch.softmax(teacher_u, 1), student_label, settings, generator)
     return CoTrainingTerms(unsupervised_weight * unsupervised + supervised, supervised.detach(),
                            unsupervised.detach(), unsupervised_weight)
