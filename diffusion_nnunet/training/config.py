@@ -85,6 +85,9 @@ class SemiSupervisedConfig:
             images; in (0, 1): on bidirectional copy-paste mixes of the labelled and the unlabelled
             batch (a box of this share of the patch's side from one image, the rest from the other;
             targets: labels and the other model's pseudo-labels, mixed alike).
+        rounds_on_mix: with copy_paste, the unlabelled batch's round terms reconstruct and segment
+            the mixed images, scored against the student's mixed target (labels inside or outside
+            the box), instead of the unlabelled images against the student's pseudo-labels.
     """
 
     teacher: str | None = None
@@ -103,6 +106,7 @@ class SemiSupervisedConfig:
     pseudo_threshold: float = 0.0
     selection_momentum: float = 0.5
     copy_paste: float = 0.0
+    rounds_on_mix: bool = False
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -122,6 +126,8 @@ class SemiSupervisedConfig:
             raise UserInputError(f"pseudo_threshold must be in [0, 1), got {self.pseudo_threshold}")
         if not 0 <= self.copy_paste < 1:
             raise UserInputError(f"copy_paste must be in [0, 1) (0: off), got {self.copy_paste}")
+        if self.rounds_on_mix and not self.copy_paste:
+            raise UserInputError("rounds_on_mix needs copy_paste (the mixed images it runs the rounds on)")
         if not 0 <= self.selection_momentum < 1:
             raise UserInputError(f"selection_momentum must be in [0, 1), got {self.selection_momentum}")
 

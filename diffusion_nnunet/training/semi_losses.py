@@ -215,6 +215,9 @@ class RoundSettings:
         copy_paste: 0: cross pseudo-supervision on the unlabelled images; else on bidirectional
             copy-paste mixes of the labelled and unlabelled batch (`copy_paste`), with boxes
             of this share of the patch's side.
+        rounds_on_mix: with `copy_paste`, the unlabelled round terms run on the mixed images
+            against the mixed targets (labels and the student's pseudo-labels) instead of on the
+            unlabelled images against the student's pseudo-labels.
     """
 
     rounds: int
@@ -229,6 +232,7 @@ class RoundSettings:
     ramp_rounds: bool = True
     pseudo_threshold: float = 0.0
     copy_paste: float = 0.0
+    rounds_on_mix: bool = False
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -304,7 +308,8 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
     L_u (unlabelled batch): Dice(pS, argmax pT) + Dice(pT, argmax pS) + round terms against
     argmax pS, each pseudo-label without the pixels below ``settings.pseudo_threshold``; with
     ``settings.copy_paste`` the two Dice terms score both models on copy-paste mixes of the
-    labelled and unlabelled batch against the mixed labels and other model's pseudo-labels. Only
+    labelled and unlabelled batch against the mixed labels and other model's pseudo-labels (and
+    with ``settings.rounds_on_mix`` the round terms too, against the student's mixed target). Only
     images of the unlabelled batch are seen; without one (no unlabelled cases), L = L_s, plain
     supervised training of both models. At lambda = 0 L_u is not computed (it would count nothing).
 
@@ -328,9 +333,12 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
     unsupervised = labelled_image.new_zeros(())
     if unlabelled_image is not None and unsupervised_weight:
         threshold = settings.pseudo_threshold
+        # the rounds' image, the teacher's logits there (with graph) and their target
+        round_image, round_logits, round_target = unlabelled_image, None, None
         if settings.copy_paste:
             # the direct passes only label (and feed the rounds): no graph where nothing needs one
-            with torch.set_grad_enabled(settings.rounds > 0 and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(settings.rounds > 0 and not settings.rounds_on_mix
+                                        and torch.is_grad_enabled()):
                 teacher_u = teacher_segment(unlabelled_image)
             with torch.no_grad():
                 student_u = student_segment(unlabelled_image)
@@ -342,14 +350,19 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
             from_teacher = copy_paste(truth, hard_pseudo_label(teacher_u[:n], threshold), box)
             student_label = hard_pseudo_label(student_u, threshold)
             from_student = copy_paste(truth, student_label[:n], box)
+            teacher_mixed = teacher_segment(mixed)
             unsupervised = segmentation_loss(student_segment(mixed), from_teacher, ce) \
-                + segmentation_loss(teacher_segment(mixed), from_student, ce)
+                + segmentation_loss(teacher_mixed, from_student, ce)
+            if settings.rounds_on_mix:
+                round_image, round_logits, round_target = mixed, teacher_mixed, from_student
         else:
             teacher_u = teacher_segment(unlabelled_image)
             student_u = student_segment(unlabelled_image)
             student_label = hard_pseudo_label(student_u, threshold)
             unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce, threshold)
-        unsupervised = unsupervised + round_losses(teacher_segment, teacher_rec, unlabelled_image,
-                                                   torch.softmax(teacher_u, 1), student_label, settings, generator)
+        if round_logits is None:
+            round_logits, round_target = teacher_u, student_label
+        unsupervised = unsupervised + round_losses(teacher_segment, teacher_rec, round_image,
+                                                   torch.softmax(round_logits, 1), round_target, settings, generator)
     return CoTrainingTerms(unsupervised_weight * unsupervised + supervised, supervised.detach(),
                            unsupervised.detach(), unsupervised_weight)

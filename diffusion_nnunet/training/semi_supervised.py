@@ -105,7 +105,7 @@ class _SemiBase(DnnDiffusionTrainer):
         s = self.semi
         return RoundSettings(s.rounds, s.round_weight, s.chain_rounds, self.rec_schedule, s.rec_sampling_steps,
                              s.rec_clip, s.ce_weight, s.rec_start_step, s.rec_into_seg, s.ramp_rounds,
-                             s.pseudo_threshold, s.copy_paste)
+                             s.pseudo_threshold, s.copy_paste, s.rounds_on_mix)
 
     def _module(self):
         net = self.network.module if self.is_ddp else self.network

@@ -10,7 +10,7 @@ import torch
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair, build_twin
-from diffusion_nnunet.training import registry
+from diffusion_nnunet.training import registry, semi_losses
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.training.semi_losses import (
     IGNORE,
@@ -380,6 +380,43 @@ def test_copy_paste_trains_both_models_on_mixes_and_labels_without_gradient(r):
     assert 0 < from_labelled.float().mean() < 1
     assert torch.allclose(image[:SHAPE[0]][~from_labelled], unlabelled[~from_labelled])
     assert terms.unsupervised.item() > 0
+
+
+def test_rounds_on_mix_reconstruct_the_mixed_images_against_the_mixed_student_target(monkeypatch):
+    calls, round_calls = [], []
+
+    def seg(name):
+        def f(x):
+            calls.append((name, x, torch.is_grad_enabled()))
+            logits = torch.zeros(x.shape[0], C, *x.shape[2:])
+            logits[:, 1 if name == "student" else 2] = 1  # the student labels everything 1
+            return logits.requires_grad_()
+        return f
+
+    real_round_losses = semi_losses.round_losses
+
+    def recording(segment, rec_eps, image, teacher_probs, target, settings, generator=None):
+        round_calls.append((image, target))
+        return real_round_losses(segment, rec_eps, image, teacher_probs, target, settings, generator)
+
+    monkeypatch.setattr(semi_losses, "round_losses", recording)
+    x, y, unlabelled = torch.randn(SHAPE), labels(), torch.randn(SHAPE)
+    settings = RoundSettings(rounds=1, weight=1.0, chain=True, rec_schedule=NoiseSchedule.linear(10),
+                             sampling_steps=2, copy_paste=0.5, rounds_on_mix=True)
+    cotraining_loss(seg("teacher"), seg("student"), lambda n, m, t: torch.zeros_like(n), x, y, unlabelled, settings,
+                    unsupervised_weight=1.0, generator=torch.Generator().manual_seed(0))
+    # the unlabelled images are only labelled (no graph there); the unlabelled rounds run on the 2B mixes
+    assert sorted((name, grad) for name, image, grad in calls if image is unlabelled) == [
+        ("student", False), ("teacher", False)]
+    (_, labelled_target), (image, target) = round_calls  # labelled batch first, then the mix
+    assert labelled_target is y and image.shape[0] == 2 * SHAPE[0]
+    from_labelled = torch.isclose(image[:SHAPE[0]], x)[:, :1]  # the box of x in the first half
+    assert 0 < from_labelled.float().mean() < 1
+    assert torch.equal(target[:SHAPE[0]][from_labelled], y[from_labelled])  # labels inside the box
+    assert (target[:SHAPE[0]][~from_labelled] == 1).all()  # the student's pseudo-label outside
+    with pytest.raises(UserInputError, match="rounds_on_mix"):
+        SemiSupervisedConfig(rounds_on_mix=True).validate()
+    SemiSupervisedConfig(rounds_on_mix=True, copy_paste=0.5).validate()
 
 
 def test_lambda_ramps_linearly_to_one():
