@@ -18,7 +18,9 @@ plans, seed and number of epochs x iterations:
 - ``semi_rR``: ``semi_teacher`` pre-training (once per dataset and fraction, shared), then
   ``semi_cotrain --rounds R`` from that teacher;
 - either with ``_cp`` appended (``cps_cp``, ``semi_r1_cp``): the same with copy-paste mixing
-  (``copy_paste = COPY_PASTE_BOX``, docs/semi_supervised.md).
+  (``copy_paste = COPY_PASTE_BOX``, docs/semi_supervised.md); without it, ``copy_paste = 0``
+  (the co-trainers' default until 2026-12-01), so that the names keep the meaning of the
+  results in docs/benchmark_semi*.json.
 
 Each model predicts imagesTs (diffusion models: their default one-step sampling) and is evaluated
 against labelsTs (mean foreground Dice, HD95, NSD). Training seconds are measured; for the
@@ -127,8 +129,9 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 values = dict(overrides)
                 if trainer != "baseline" and semi_options:
                     values["semi"] = dict(semi_options)
-                if method.endswith(WITH_COPY_PASTE):
-                    values["semi"] = {**values.get("semi", {}), "copy_paste": COPY_PASTE_BOX}
+                if trainer != "baseline":
+                    box = COPY_PASTE_BOX if method.endswith(WITH_COPY_PASTE) else 0.0
+                    values["semi"] = {**values.get("semi", {}), "copy_paste": box}
                 if rounds is not None:
                     teacher = store / "semi_teacher"
                     if not teacher.is_dir():
@@ -237,7 +240,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="draw: generated data (synthetic datasets), labelled split and training seed")
     parser.add_argument("--semi", default="{}", help="JSON of SemiSupervisedConfig fields for cps and semi_rR "
-                                                     "(not rounds or teacher), e.g. '{\"rec_start_step\": 3}'")
+                                                     "(not rounds, teacher or copy_paste), e.g. '{\"rec_start_step\": 3}'")
     parser.add_argument("--device", default="cpu", help="torch device of training and prediction")
     parser.add_argument("--report-only", action="store_true", help="only render --out as Markdown")
     args = parser.parse_args()
@@ -248,8 +251,9 @@ def main() -> None:
         if not _known_method(method):
             parser.error(f"unknown method {method!r}")
     semi_options = json.loads(args.semi)
-    if {"rounds", "teacher"} & set(semi_options):
-        parser.error("--semi sets neither rounds (use semi_rR) nor teacher (pre-trained per dataset)")
+    if {"rounds", "teacher", "copy_paste"} & set(semi_options):
+        parser.error("--semi sets neither rounds (use semi_rR), teacher (pre-trained per dataset) nor copy_paste "
+                     "(append _cp to a method)")
     work = Path(args.work or f"benchmark_work_semi/seed_{args.seed}").absolute()
     os.environ.setdefault("DNNUNET_DATA", str(work / "data"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

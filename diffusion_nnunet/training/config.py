@@ -81,10 +81,11 @@ class SemiSupervisedConfig:
             its class at least this probability (0: every pixel counts, as in plain CPS).
         selection_momentum: momentum of the moving average of each model's pseudo-validation Dice
             that picks the final model (0: the last epoch's Dice alone).
-        copy_paste: 0: the cross pseudo-supervision terms score the models on the unlabelled
-            images; in (0, 1): on bidirectional copy-paste mixes of the labelled and the unlabelled
+        copy_paste: in (0, 1) (default 0.667, BCP's 2/3): the cross pseudo-supervision terms
+            score the models on bidirectional copy-paste mixes of the labelled and the unlabelled
             batch (a box of this share of the patch's side from one image, the rest from the other;
-            targets: labels and the other model's pseudo-labels, mixed alike).
+            targets: labels and the other model's pseudo-labels, mixed alike); 0: on the unlabelled
+            images, as plain CPS. On by default since 2026-12-01 (docs/semi_supervised.md).
         rounds_on_mix: with copy_paste, the unlabelled batch's round terms reconstruct and segment
             the mixed images, scored against the student's mixed target (labels inside or outside
             the box), instead of the unlabelled images against the student's pseudo-labels.
@@ -105,7 +106,7 @@ class SemiSupervisedConfig:
     ramp_rounds: bool = True
     pseudo_threshold: float = 0.0
     selection_momentum: float = 0.5
-    copy_paste: float = 0.0
+    copy_paste: float = 0.667
     rounds_on_mix: bool = False
 
     def validate(self) -> None:

@@ -415,7 +415,7 @@ def test_rounds_on_mix_reconstruct_the_mixed_images_against_the_mixed_student_ta
     assert torch.equal(target[:SHAPE[0]][from_labelled], y[from_labelled])  # labels inside the box
     assert (target[:SHAPE[0]][~from_labelled] == 1).all()  # the student's pseudo-label outside
     with pytest.raises(UserInputError, match="rounds_on_mix"):
-        SemiSupervisedConfig(rounds_on_mix=True).validate()
+        SemiSupervisedConfig(rounds_on_mix=True, copy_paste=0).validate()
     SemiSupervisedConfig(rounds_on_mix=True, copy_paste=0.5).validate()
 
 
@@ -485,6 +485,7 @@ def test_registered_semi_trainers():
     cotrain = entries["semi_cotrain"].cls.default_config()
     assert cotrain.semi.rounds == 1 and cotrain.semi.require_teacher and cotrain.diffusion.sampling_steps == 1
     assert cotrain.deep_supervision is False
+    assert cps.semi.copy_paste == cotrain.semi.copy_paste > 0  # both mix by default, alike
 
 
 def test_teacher_checkpoint_lookup(tmp_path):
