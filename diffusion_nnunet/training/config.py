@@ -61,7 +61,7 @@ class SemiSupervisedConfig:
         teacher: results folder (or checkpoint file) of the pre-trained teacher (`semi_teacher`)
             that `semi_cotrain` starts from; the fold's checkpoint_final.pth is used.
         require_teacher: refuse to co-train without `teacher` (False for plain `cps`: fresh teacher).
-        rounds: R, reconstruction rounds per batch (0: plain cross pseudo-supervision).
+        rounds: R, reconstruction rounds per batch (0: cross pseudo-supervision alone).
         round_weight: w in (w / R) * sum_r [Dice(p~_r, target) + L_rec^r].
         chain_rounds: round r + 1 reconstructs from the mask the teacher predicted on round r's
             reconstruction (False: every round from the teacher's mask of the real image).

@@ -5,7 +5,8 @@
 - `semi_cotrain` (`SemiCoTrainer`): teacher (from `--teacher`) and a fresh twin student, both
   updated with ``L = lambda(epoch) * L_u + L_s`` (`semi_losses.cotraining_loss`); the model with
   the better pseudo-validation Dice predicts.
-- `cps` (`SemiCoTrainer` with no teacher pre-training and R = 0): plain cross pseudo-supervision.
+- `cps` (`SemiCoTrainer` with no teacher pre-training and R = 0): cross pseudo-supervision without
+  the diffusion teacher (with copy-paste by default, like `semi_cotrain`; ``copy_paste = 0``: plain CPS).
 
 "Seg(I)" is one denoiser pass at the noisiest step T-1 from a noised constant (zero) mask: that
 is exactly one-step sampling from noise, so the checkpoints are ordinary diffusion models for
@@ -298,7 +299,8 @@ def _register():
                                            "(--teacher, --rounds)",
                                diffusion=diffusion, deep_supervision=False)
     cps = register_variant(SemiCoTrainer, "cps", "DnnSemiCPSTrainer",
-                           description="semi-supervised: plain cross pseudo-supervision (no teacher, no rounds)",
+                           description="semi-supervised: cross pseudo-supervision without the diffusion teacher "
+                                       "(no pre-training, no rounds)",
                            diffusion=diffusion, deep_supervision=False,
                            semi={"rounds": 0, "require_teacher": False})
     return teacher, cotrain, cps
