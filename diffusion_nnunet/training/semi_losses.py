@@ -333,8 +333,6 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
     unsupervised = labelled_image.new_zeros(())
     if unlabelled_image is not None and unsupervised_weight:
         threshold = settings.pseudo_threshold
-        # the rounds' image, the teacher's logits there (with graph) and their target
-        round_image, round_logits, round_target = unlabelled_image, None, None
         if settings.copy_paste:
             # the direct passes only label (and feed the rounds): no graph where nothing needs one
             with torch.set_grad_enabled(settings.rounds > 0 and not settings.rounds_on_mix
@@ -353,15 +351,16 @@ def cotraining_loss(teacher_segment: Segment, student_segment: Segment, teacher_
             teacher_mixed = teacher_segment(mixed)
             unsupervised = segmentation_loss(student_segment(mixed), from_teacher, ce) \
                 + segmentation_loss(teacher_mixed, from_student, ce)
-            if settings.rounds_on_mix:
-                round_image, round_logits, round_target = mixed, teacher_mixed, from_student
+            # the rounds' image, the teacher's logits there (with graph) and their target
+            rounds_on = (mixed, teacher_mixed, from_student) if settings.rounds_on_mix \
+                else (unlabelled_image, teacher_u, student_label)
         else:
             teacher_u = teacher_segment(unlabelled_image)
             student_u = student_segment(unlabelled_image)
             student_label = hard_pseudo_label(student_u, threshold)
             unsupervised = cross_pseudo_supervision(student_u, teacher_u, ce, threshold)
-        if round_logits is None:
-            round_logits, round_target = teacher_u, student_label
+            rounds_on = (unlabelled_image, teacher_u, student_label)
+        round_image, round_logits, round_target = rounds_on
         unsupervised = unsupervised + round_losses(teacher_segment, teacher_rec, round_image,
                                                    torch.softmax(round_logits, 1), round_target, settings, generator)
     return CoTrainingTerms(unsupervised_weight * unsupervised + supervised, supervised.detach(),
