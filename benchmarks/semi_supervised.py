@@ -127,11 +127,9 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 trainer, rounds = _trainer_and_rounds(method)
                 entry: dict = {"device": device.type, "commit": _commit()}
                 values = dict(overrides)
-                if trainer != "baseline" and semi_options:
-                    values["semi"] = dict(semi_options)
                 if trainer != "baseline":
                     box = COPY_PASTE_BOX if method.endswith(WITH_COPY_PASTE) else 0.0
-                    values["semi"] = {**values.get("semi", {}), "copy_paste": box}
+                    values["semi"] = {**(semi_options or {}), "copy_paste": box}
                 if rounds is not None:
                     teacher = store / "semi_teacher"
                     if not teacher.is_dir():
