@@ -214,7 +214,18 @@ class TrainingConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainingConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A saved config; keys it lacks because they came later keep the value its code had then."""
+        values = json.loads(Path(path).read_text())
+        for section, earlier in _BEFORE_THE_KEY_EXISTED.items():
+            if isinstance(values.get(section), dict):  # None: not that kind of trainer
+                values[section] = {**earlier, **values[section]}
+        return cls.from_dict(values)
+
+
+# Keys added after configs were first saved whose default is not what the code did before them:
+# a run saved without the key resumes as it started (e.g. one begun before copy-paste existed
+# must not start mixing when it resumes).
+_BEFORE_THE_KEY_EXISTED = {"semi": {"copy_paste": 0.0}}
 
 
 def _check_keys(cls, values: dict) -> None:

@@ -1,6 +1,7 @@
 """Semi-supervised teacher / twin students: loss terms, the two-pathway model, config and registry (no files)."""
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -475,6 +476,22 @@ def test_semi_config_round_trip_and_validation():
     SemiSupervisedConfig(rec_start_step=None).validate()  # None: reconstructions from pure noise
     with pytest.raises(UserInputError, match="unknown SemiSupervisedConfig keys"):
         TrainingConfig.from_dict({"semi": {"round": 2}})
+
+
+def test_a_saved_config_from_before_copy_paste_resumes_without_mixing(tmp_path):
+    # a run begun before copy_paste existed saved no such key: resumed, it must not start mixing
+    current = TrainingConfig(semi=SemiSupervisedConfig(rounds=3, rec_start_step=None))
+    current.save(tmp_path / "new.json")
+    assert TrainingConfig.load(tmp_path / "new.json") == current  # None values survive the load
+    old = current.to_dict()
+    del old["semi"]["copy_paste"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = TrainingConfig.load(tmp_path / "old.json")
+    assert loaded.semi.copy_paste == 0 and loaded.semi.rounds == 3 and loaded.semi.rec_start_step is None
+    assert SemiSupervisedConfig().copy_paste > 0  # while a new run mixes by default
+    plain = TrainingConfig()
+    plain.save(tmp_path / "plain.json")
+    assert TrainingConfig.load(tmp_path / "plain.json").semi is None  # other trainers get no semi section
 
 
 def test_registered_semi_trainers():
