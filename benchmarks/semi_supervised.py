@@ -79,16 +79,17 @@ def _evaluate(model: Path, raw: Path, out: Path, device, seed: int, fold) -> dic
 
 
 def _commit() -> str | None:
-    """The checkout's commit (provenance of each result), None outside a git checkout."""
+    """The checkout's commit (provenance of each result; "-dirty": with uncommitted changes), None outside git."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"],
+                              capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
 
 def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epochs: int | None,
         iterations: int | None, semi_options: dict | None = None, device: str = "cpu") -> dict:
+    commit = _commit()  # before the imports: the code this process runs, even if HEAD moves meanwhile
     import torch
 
     from diffusion_nnunet import paths
@@ -125,7 +126,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                 if method in res["methods"]:
                     continue
                 trainer, rounds = _trainer_and_rounds(method)
-                entry: dict = {"device": device.type, "commit": _commit()}
+                entry: dict = {"device": device.type, "commit": commit}
                 values = dict(overrides)
                 if trainer != "baseline":
                     box = COPY_PASTE_BOX if method.endswith(WITH_COPY_PASTE) else 0.0
