@@ -174,5 +174,7 @@ def test_our_predictor_reads_a_stock_nnunet_model_folder(env, tmp_path):
                  "-device", "cpu"]) == 0
     assert main(["predict", "-m", str(env["model"]), "-f", "0", "-i", str(raw / "imagesTs"), "-o", str(out_ours),
                  "--disable-tta", "-device", "cpu"]) == 0
-    for p in out_ours.glob("*.nii.gz"):
-        np.testing.assert_array_equal(_read(p), _read(out_stock / p.name))
+    names = sorted(p.name for p in out_ours.glob("*.nii.gz"))
+    assert names and names == sorted(p.name for p in out_stock.glob("*.nii.gz"))
+    for n in names:
+        np.testing.assert_array_equal(_read(out_ours / n), _read(out_stock / n))

@@ -317,9 +317,20 @@ def test_fused_instance_norm_film_equals_norm_then_film(name, monkeypatch):
         sum(o.square().mean() for o in out).backward()
         return out[0].detach(), [p.grad.clone() for p in net.time_parameters()]
 
+    fused_calls = []
+    real_fused = denoiser_module._instance_norm_film
+
+    def counting_fused(*args, **kwargs):
+        fused_calls.append(1)
+        return real_fused(*args, **kwargs)
+
+    monkeypatch.setattr(denoiser_module, "_instance_norm_film", counting_fused)
     fused_out, fused_grads = run()
+    assert fused_calls, "the fused instance-norm + FiLM path did not run"
     monkeypatch.setattr(denoiser_module, "_fusable_instance_norm", lambda module: False)
+    fused_calls.clear()
     plain_out, plain_grads = run()
+    assert not fused_calls, "the plain path ran the fused function"
     torch.testing.assert_close(fused_out, plain_out, rtol=1e-4, atol=1e-4)
     for a, b in zip(fused_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
