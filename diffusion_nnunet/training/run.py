@@ -110,7 +110,10 @@ def train(dataset: str, configuration: str, fold: int | str, trainer: str = "bas
         raise UserInputError("--num-processes is for local launches; under torchrun use --nproc-per-node")
     if overwrite and continue_training:
         raise UserInputError("--overwrite starts a new run and --continue resumes one: give one of them")
-    fold = _checked_fold(dataset, fold, plans_name)
+    fold = _checked_fold(dataset, fold)
+    world = env.world_size if env is not None else num_processes
+    if world > 1:  # before the guard below moves anything
+        _check_distributed_launch(dataset, configuration, trainer, plans_name, world, device)
     kwargs = dict(dataset=dataset, configuration=configuration, fold=fold, trainer=trainer, plans_name=plans_name,
                   config_overrides=config_overrides, continue_training=continue_training, validate=validate,
                   save_probabilities=save_probabilities)
@@ -120,7 +123,7 @@ def train(dataset: str, configuration: str, fold: int | str, trainer: str = "bas
         return _launch(env, num_processes, device, kwargs)
 
 
-def _checked_fold(dataset: str, fold: int | str, plans_name: str) -> int | str:
+def _checked_fold(dataset: str, fold: int | str) -> int | str:
     """The fold if the preprocessed dataset's split has it (see `fold_state.check_fold`)."""
     dataset_name = find_dataset_folder(paths.preprocessed(), dataset).name
     return fold_state.check_fold(fold, paths.preprocessed() / dataset_name / "splits_final.json")
@@ -147,12 +150,9 @@ def _guarded_fold(dataset: str, configuration: str, fold: int | str, trainer: st
 
 
 def _launch(env, num_processes: int, device: torch.device, kwargs: dict) -> Path:
-    """Run `train_fold` here, in local processes, or in torchrun's process group."""
+    """Run `_train_fold_here` here, in local processes, or in torchrun's process group."""
     if env is None and num_processes == 1:
         return _train_fold_here(device=device, **kwargs)
-    world = env.world_size if env is not None else num_processes
-    _check_distributed_launch(kwargs["dataset"], kwargs["configuration"], kwargs["trainer"], kwargs["plans_name"],
-                              world, device)
     timeout = collective_timeout(kwargs)
     if env is not None:
         return distributed.run_from_environment(_train_fold_job, (kwargs,), device, timeout)
