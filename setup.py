@@ -20,6 +20,7 @@ setup(
         "matplotlib",
         "monai>=1.4,<1.7",  # surface distances (HD95, NSD)
         "nilearn>=0.10",  # ships the MNI152 template used by mni-tissue2d
+        "filelock>=4.3",  # the fold lock: SoftFileLock's PID + host + start-time stale detection (also torch's)
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout", "medpy>=0.5"]},
     entry_points={"console_scripts": ["dnnunet=diffusion_nnunet.cli.main:main"]},

@@ -7,10 +7,15 @@ from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
 
 
 def add_arguments(p):
-    add_model_arguments(p)
-    p.add_argument("-f", "--fold", required=True, help="fold 0-4 or 'all'")
+    add_model_arguments(p, dataset_required=False)  # required unless --list-trainers (checked in run)
+    p.add_argument("-f", "--fold", default=None,
+                   help="a fold of the split (0-4 for nnU-Net's 5-fold split, 0..n-1 of splits_final.json) or 'all'")
     p.add_argument("--continue", dest="continue_training", action="store_true",
-                   help="resume from the latest good checkpoint")
+                   help="resume the fold's run from its newest good checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the earlier results instead of refusing or keeping them: the whole model folder "
+                        "when it was trained with other plans, else the fold's earlier run (which a new run "
+                        "otherwise moves to previous_runs/)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: from the plans' budget)")
     p.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: from the plans)")
     p.add_argument("--val-iterations", type=int, default=None, help="pseudo-validation iterations per epoch")
@@ -74,7 +79,9 @@ def parse_semi_options(items: list[str]) -> dict:
 
 def run(args):
     from diffusion_nnunet.training import registry
+    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.training.distributed import WorkerFailedError
+    from diffusion_nnunet.training.fold_state import resume_command
     from diffusion_nnunet.training.run import train
     from diffusion_nnunet.utils.device import resolve_device
 
@@ -82,6 +89,9 @@ def run(args):
         for name, entry in sorted(registry.available().items()):
             print(f"{name:20s} {entry.cls.__name__:30s} {entry.description}")
         return 0
+    missing = [flag for flag, value in (("-d/--dataset", args.dataset), ("-f/--fold", args.fold)) if value is None]
+    if missing:
+        raise UserInputError(f"the following arguments are required: {', '.join(missing)}")
     overrides = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
                  "num_val_iterations_per_epoch": args.val_iterations, "initial_lr": args.lr, "seed": args.seed,
                  "save_every": args.save_every, "collective_timeout_s": args.collective_timeout}
@@ -95,10 +105,15 @@ def run(args):
     try:
         folder = train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,
                        resolve_device(args.device), args.continue_training, not args.skip_validation, args.npz,
-                       num_processes=args.num_processes)
+                       num_processes=args.num_processes, overwrite=args.overwrite)
     except WorkerFailedError as err:
         print(f"dnnunet train: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("dnnunet train: interrupted; the checkpoints written so far are kept. Resume with:\n  "
+              + resume_command(args.dataset, args.configuration, args.fold, args.trainer, args.plans,
+                               args.num_processes, args.device), file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets here
         print(folder)
     return 0

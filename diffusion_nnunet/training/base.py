@@ -34,6 +34,7 @@ from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
+from diffusion_nnunet.training.fold_state import CROSS_VALIDATION_FOLDS  # noqa: F401 - also exported here
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,15 @@ STATS_FILE = "training_stats.json"
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 # the checkpoint_latest that a newer one replaced: a resume point if the newest is damaged
 PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
-# nnU-Net's default cross-validation: a seeded split of the labelled cases into this many folds
-CROSS_VALIDATION_FOLDS = 5
+
+
+class NonFiniteLossError(UserInputError):
+    """The training loss became NaN or infinite: the run stops before it saves such a model.
+
+    A user-facing error (one message, exit code 2): the cause is nearly always the data
+    (intensities that overflow in normalisation, an empty or constant image) or the settings
+    (a learning rate too high), not the code.
+    """
 
 
 class DnnTrainer(nnUNetTrainer):
@@ -154,6 +162,28 @@ class DnnTrainer(nnUNetTrainer):
         # shards of unequal size
         self.loss = make_shard_aware(self._build_loss(), self.batch_size, self.configuration_manager.batch_size,
                                      distributed.world_size())
+
+    def _build_loss(self):
+        """nnU-Net's loss, refused where its deep-supervision weights would be 0/0.
+
+        nnU-Net gives the outputs of all but the lowest resolution weights 1, 1/2, 1/4, ..., sets
+        the last one to 0 and divides by their sum: with two resolution stages there is a single
+        output, its weight is 0, and every loss would be NaN (0/0) from the first iteration.
+
+        Raises:
+            UserInputError: the plans' configuration has fewer than 3 resolution stages.
+        """
+        if self.enable_deep_supervision:
+            outputs = len(self._get_deep_supervision_scales())
+            if outputs < 2:
+                stages = len(self.configuration_manager.pool_op_kernel_sizes)
+                raise UserInputError(
+                    f"configuration {self.configuration_name!r} of the plans {self.plans_manager.plans_name} "
+                    f"({self.plans_manager.dataset_name}) has {stages} resolution stage(s) (patch size "
+                    f"{list(self.configuration_manager.patch_size)}): nnU-Net's deep-supervision loss would weight "
+                    f"its only output 0/0 and train on NaN. nnU-Net cannot train such a plan; the images (or the "
+                    f"budget's patch) are too small: plan with larger images or another configuration")
+        return super()._build_loss()
 
     def _set_batch_size_and_oversample(self):
         """The rank's share of the planned batch (see `distributed.shard_batch`)."""
@@ -288,6 +318,7 @@ class DnnTrainer(nnUNetTrainer):
                     start = time.perf_counter()
                     train_outputs.append(self.train_step(next(self.dataloader_train)))
                     times.append(time.perf_counter() - start)
+                    self._check_finite_loss(train_outputs[-1]["loss"], i)
                     bar.update(1)
                 self.seconds_per_iteration.append(float(np.median(times)))
                 self.on_train_epoch_end(train_outputs)
@@ -305,6 +336,23 @@ class DnnTrainer(nnUNetTrainer):
                                 dice=f"{self.logger.get_value('mean_fg_dice', -1):.3f}")
                 self.on_epoch_end()
         self.on_train_end()
+
+    def _check_finite_loss(self, loss, iteration: int) -> None:
+        """Stop at the first NaN/Inf training loss, before the epoch's checkpoint is written.
+
+        Raises:
+            NonFiniteLossError: naming the epoch, the iteration, the fold folder and what to check.
+        """
+        value = float(np.mean(loss))
+        if np.isfinite(value):
+            return
+        kept = sorted(p.name for p in Path(self.output_folder).glob("checkpoint_*.pth"))
+        raise NonFiniteLossError(
+            f"the training loss is {value} at epoch {self.current_epoch + 1}, iteration {iteration + 1} "
+            f"(rank {self.rank}) of {self.output_folder}: training stopped, nothing of this epoch was saved"
+            f"{'; the checkpoints of the epochs before are kept: ' + ', '.join(kept) if kept else ''}. Check the "
+            f"preprocessed images for NaN/Inf or intensities that overflow in normalisation (nnUNet_preprocessed), "
+            f"and the learning rate (--lr); resume with --continue (and e.g. a smaller --lr) or start again")
 
     def on_epoch_end(self):
         epoch = self.current_epoch

@@ -337,7 +337,11 @@ def launch(fn: Callable[..., Any], args: tuple, num_processes: int, device: torc
                 port)
     context = mp.start_processes(_worker, args=(fn, args, num_processes, port, device.type, timeout_s, log_level),
                                  nprocs=num_processes, join=False, start_method="spawn")
-    supervise(context.processes)
+    try:
+        supervise(context.processes)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: do not leave a rank behind
+        _stop(context.processes, grace_s=5.0)
+        raise
 
 
 def supervise(processes: list, grace_s: float = 5.0) -> None:
@@ -363,6 +367,15 @@ def supervise(processes: list, grace_s: float = 5.0) -> None:
         return
     time.sleep(0.2)  # let near-simultaneous failures land, so the report is complete
     failed = [r for r, p in enumerate(processes) if p.exitcode not in (None, 0)]
+    _stop(processes, grace_s)
+    failed.sort(key=lambda r: (processes[r].exitcode >= 0, r))  # signal deaths first
+    described = "; ".join(f"rank {r} {_describe_exit(processes[r].exitcode)}" for r in failed)
+    raise WorkerFailedError(f"training stopped: {described}. The other ranks were stopped; resume with --continue.",
+                            failed)
+
+
+def _stop(processes: list, grace_s: float) -> None:
+    """SIGTERM the processes still running, SIGKILL those not gone after `grace_s`."""
     for p in processes:
         if p.exitcode is None:
             p.terminate()
@@ -372,10 +385,6 @@ def supervise(processes: list, grace_s: float = 5.0) -> None:
         if p.exitcode is None:
             p.kill()
             p.join()
-    failed.sort(key=lambda r: (processes[r].exitcode >= 0, r))  # signal deaths first
-    described = "; ".join(f"rank {r} {_describe_exit(processes[r].exitcode)}" for r in failed)
-    raise WorkerFailedError(f"training stopped: {described}. The other ranks were stopped; resume with --continue.",
-                            failed)
 
 
 def _describe_exit(exitcode: int) -> str:

@@ -1,19 +1,21 @@
 """Train one fold: build the trainer from the registry, resume if asked, train, validate.
 
-`train` is the entry point for one or several processes (see `training/distributed.py`);
-`train_fold` is what each process runs.
+`train` is the entry point for one or several processes (see `training/distributed.py`): it
+checks the fold and the model folder and holds the fold's lock; `_train_fold_here` is what
+each process runs.
 """
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.training import distributed, registry
+from diffusion_nnunet.training import distributed, fold_lock, fold_state, registry
 from diffusion_nnunet.training.base import CONFIG_FILE, PREVIOUS_CHECKPOINT
 from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
@@ -30,9 +32,11 @@ DEFAULT_COLLECTIVE_TIMEOUT_S = TrainingConfig().collective_timeout_s
 def find_resume_checkpoint(fold_folder: str | Path) -> Path | None:
     """The checkpoint to continue from, skipping unreadable files.
 
-    checkpoint_final if it is readable; else the readable one of latest, previous and best with
-    the most epochs done (ties: in that order). A checkpoint that fails to load (truncated,
-    corrupted) is reported and skipped.
+    The readable one of final, latest, previous and best with the most epochs done (ties: in
+    that order). Not checkpoint_final whatever its age: a run continued past its end (more
+    --epochs) writes newer latest checkpoints beside the old final, and a crash then must not
+    throw them away. (A new run never finds an older run's files: `train` moves them aside.)
+    A checkpoint that fails to load (truncated, corrupted) is reported and skipped.
     """
     best: tuple[int, Path] | None = None
     for name in CHECKPOINT_ORDER:
@@ -46,8 +50,6 @@ def find_resume_checkpoint(fold_folder: str | Path) -> Path | None:
         except Exception as err:  # noqa: BLE001 - any failure to read means: not usable
             logger.warning("%s is unreadable (%s); trying an older checkpoint", path, err)
             continue
-        if name == CHECKPOINT_ORDER[0]:
-            return path
         if best is None or ckpt["current_epoch"] > best[0]:
             best = (int(ckpt["current_epoch"]), path)
     return None if best is None else best[1]
@@ -79,44 +81,91 @@ def load_plans(dataset: str, configuration: str, plans_name: str = DEFAULT_PLANS
 def train(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
           plans_name: str = DEFAULT_PLANS_NAME, config_overrides: dict | None = None,
           device: torch.device = torch.device("cpu"), continue_training: bool = False, validate: bool = True,
-          save_probabilities: bool = False, num_processes: int = 1) -> Path:
+          save_probabilities: bool = False, num_processes: int = 1, overwrite: bool = False) -> Path:
     """Train one fold in this process, in `num_processes` local processes, or as one rank of a
     torchrun launch (when torchrun's WORLD_SIZE is set).
 
+    Before any work, the process that launches (rank 0 under torchrun) checks the fold against
+    the split, takes the fold's lock for the whole run, refuses a model folder trained with
+    other plans, and moves an earlier run of the fold aside (see `fold_state.py`).
+
     Args:
         num_processes: local data-parallel processes (must be 1 under torchrun, which starts them).
+        overwrite: delete what a new run would otherwise refuse or keep: the whole model folder
+            if it was trained with other plans, else the fold's earlier run (instead of moving it
+            to previous_runs/). Not with `continue_training`.
         Others: as `train_fold`.
 
     Returns:
         The fold's output folder.
 
     Raises:
+        UserInputError: a fold outside the split, a fold another run holds (lock), other plans.
         distributed.WorkerFailedError: a local process died; the others were stopped.
     """
-    kwargs = dict(dataset=dataset, configuration=configuration, fold=fold, trainer=trainer, plans_name=plans_name,
-                  config_overrides=config_overrides, continue_training=continue_training, validate=validate,
-                  save_probabilities=save_probabilities)
     env = distributed.DistributedEnv.from_environ()
     if num_processes < 1:
         raise UserInputError(f"--num-processes must be at least 1, got {num_processes}")
     if env is not None and num_processes > 1:
         raise UserInputError("--num-processes is for local launches; under torchrun use --nproc-per-node")
-    if env is None and num_processes == 1:
-        return train_fold(device=device, **kwargs)
+    if overwrite and continue_training:
+        raise UserInputError("--overwrite starts a new run and --continue resumes one: give one of them")
+    fold = _checked_fold(dataset, fold)
     world = env.world_size if env is not None else num_processes
-    _check_distributed_launch(dataset, configuration, trainer, plans_name, world, device)
+    if world > 1:  # before the guard below moves anything
+        _check_distributed_launch(dataset, configuration, trainer, plans_name, world, device)
+    kwargs = dict(dataset=dataset, configuration=configuration, fold=fold, trainer=trainer, plans_name=plans_name,
+                  config_overrides=config_overrides, continue_training=continue_training, validate=validate,
+                  save_probabilities=save_probabilities)
+    if env is not None and env.rank != 0:  # rank 0 holds the lock and prepares the folder
+        return _launch(env, num_processes, device, kwargs)
+    with _guarded_fold(dataset, configuration, fold, trainer, plans_name, continue_training, overwrite):
+        return _launch(env, num_processes, device, kwargs)
+
+
+def _checked_fold(dataset: str, fold: int | str) -> int | str:
+    """The fold if the preprocessed dataset's split has it (see `fold_state.check_fold`)."""
+    dataset_name = find_dataset_folder(paths.preprocessed(), dataset).name
+    return fold_state.check_fold(fold, paths.preprocessed() / dataset_name / "splits_final.json")
+
+
+@contextmanager
+def _guarded_fold(dataset: str, configuration: str, fold: int | str, trainer: str, plans_name: str,
+                  continue_training: bool, overwrite: bool):
+    """Hold the fold's lock; inside it, refuse other plans and set an earlier run aside."""
+    entry = registry.get(trainer)
+    dataset_name, plans = load_plans(dataset, configuration, plans_name)
+    model = paths.trained_model_folder(dataset_name, entry.cls.__name__, plans_name, configuration)
+    with fold_lock.fold_lock(model, fold):
+        try:
+            fold_state.check_same_plans(model, plans, configuration)
+        except UserInputError:
+            if not overwrite:
+                raise
+            with fold_lock.all_fold_locks(model, fold_state.other_folds(model, fold)):
+                fold_state.delete_model_folder(model)
+        if not continue_training:
+            fold_state.set_aside_previous_run(model / f"fold_{fold}", overwrite)
+        yield
+
+
+def _launch(env, num_processes: int, device: torch.device, kwargs: dict) -> Path:
+    """Run `_train_fold_here` here, in local processes, or in torchrun's process group."""
+    if env is None and num_processes == 1:
+        return _train_fold_here(device=device, **kwargs)
     timeout = collective_timeout(kwargs)
     if env is not None:
         return distributed.run_from_environment(_train_fold_job, (kwargs,), device, timeout)
     distributed.launch(_train_fold_job, (kwargs,), num_processes, device, timeout)
-    entry = registry.get(trainer)
-    dataset_name, _ = load_plans(dataset, configuration, plans_name)
-    return paths.trained_model_folder(dataset_name, entry.cls.__name__, plans_name, configuration) / f"fold_{fold}"
+    entry = registry.get(kwargs["trainer"])
+    dataset_name, _ = load_plans(kwargs["dataset"], kwargs["configuration"], kwargs["plans_name"])
+    return (paths.trained_model_folder(dataset_name, entry.cls.__name__, kwargs["plans_name"], kwargs["configuration"])
+            / f"fold_{kwargs['fold']}")
 
 
 def _train_fold_job(device: torch.device, kwargs: dict) -> Path:
     """What each process of a multi-process run does (top level: it is pickled to spawned processes)."""
-    return train_fold(device=device, **kwargs)
+    return _train_fold_here(device=device, **kwargs)
 
 
 def _check_distributed_launch(dataset: str, configuration: str, trainer: str, plans_name: str, world: int,
@@ -147,13 +196,23 @@ def collective_timeout(kwargs: dict) -> float:
 def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
                plans_name: str = DEFAULT_PLANS_NAME, config_overrides: dict | None = None,
                device: torch.device = torch.device("cpu"), continue_training: bool = False,
-               validate: bool = True, save_probabilities: bool = False) -> Path:
-    """Train (or continue) one fold and run nnU-Net's final validation.
+               validate: bool = True, save_probabilities: bool = False, overwrite: bool = False) -> Path:
+    """Train (or continue) one fold in this process, with the checks and the lock of `train`."""
+    return train(dataset, configuration, fold, trainer, plans_name, config_overrides, device, continue_training,
+                 validate, save_probabilities, num_processes=1, overwrite=overwrite)
+
+
+def _train_fold_here(dataset: str, configuration: str, fold: int | str, trainer: str = "baseline",
+                     plans_name: str = DEFAULT_PLANS_NAME, config_overrides: dict | None = None,
+                     device: torch.device = torch.device("cpu"), continue_training: bool = False,
+                     validate: bool = True, save_probabilities: bool = False) -> Path:
+    """Train (or continue) one fold and run nnU-Net's final validation: what each process does
+    (the checks and the lock are `train`'s, in the launching process).
 
     Args:
         dataset: id or DatasetXXX_Name (preprocessed).
         configuration: e.g. "2d", "3d_fullres".
-        fold: 0-4 or "all".
+        fold: a fold of the split (checked by `train`) or "all".
         trainer: registry name (see `dnnunet train --help`).
         plans_name: plans identifier.
         config_overrides: TrainingConfig fields to set (None values are ignored).
@@ -193,8 +252,6 @@ def train_fold(dataset: str, configuration: str, fold: int | str, trainer: str =
         else:
             logger.info("continuing from %s", checkpoint)
             trainer_obj.load_checkpoint(str(checkpoint))
-    elif main_process and any((fold_folder / n).exists() for n in CHECKPOINT_ORDER):
-        logger.warning("%s already holds checkpoints; they will be replaced (use --continue to resume)", fold_folder)
 
     logger.info("training %s (%s) on %s, %s fold %s, device %s%s: %d epochs x %d iterations", entry.name,
                 entry.cls.__name__, trainer_obj.plans_manager.dataset_name, configuration, fold, trainer_obj.device,
