@@ -2,13 +2,15 @@
 
 
 def add_arguments(p):
+    from diffusion_nnunet.cli.common import positive_int
+
     p.add_argument("-ref", "--reference", required=True, help="folder of reference label maps")
     p.add_argument("-pred", "--prediction", required=True, help="folder of predicted label maps")
     p.add_argument("-djfile", "--dataset-json", default=None,
                    help="dataset.json for label names and file ending (default: the prediction folder's)")
     p.add_argument("-o", "--output", default=None, help="JSON output (default: PRED/evaluation.json)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
-    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+    p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="worker processes")
 
 
 def run(args):
