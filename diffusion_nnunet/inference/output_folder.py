@@ -67,8 +67,7 @@ def check_creatable_folder(folder: Path, what: str = "output folder") -> None:
         UserInputError: the path is a file, a component is longer than the file system allows, or
             the folder (or the first existing parent) is not writable.
     """
-    if folder.exists() and not folder.is_dir():
-        raise UserInputError(f"the {what} {folder} is an existing file, not a folder; choose another path")
+    folder = Path(folder)
     try:
         limit = os.pathconf(_first_existing(folder), "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -78,6 +77,8 @@ def check_creatable_folder(folder: Path, what: str = "output folder") -> None:
             raise UserInputError(f"the {what} {folder}: the name {part[:40]!r}... has {len(os.fsencode(part))} bytes, "
                                  f"more than the file system allows ({limit})")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise UserInputError(f"the {what} {folder} is an existing file, not a folder; choose another path")
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
         os.close(fd)
@@ -91,7 +92,12 @@ def check_creatable_folder(folder: Path, what: str = "output folder") -> None:
 
 def _first_existing(path: Path) -> Path:
     path = path.absolute()
-    while not path.exists() and path != path.parent:
+    while path != path.parent:
+        try:
+            if path.exists():
+                break
+        except OSError:  # a name too long, a folder without search permission
+            pass
         path = path.parent
     return path
 
