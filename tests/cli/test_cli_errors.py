@@ -50,3 +50,19 @@ def test_predict_inputs_with_wrong_channel_count_name_the_case(tmp_path):
     with pytest.raises(InvalidDataError, match="case1.*_0001") as err:
         validate_prediction_inputs(inputs, {"0": "T1", "1": "T2"}, ".nii.gz")
     assert "channel" in str(err.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "-i", "x", "-o", "y", "-d", "1", "-f", "abc"],
+    ["predict", "-i", "x", "-o", "y", "-d", "1", "-f", "-1"],
+    ["predict-ensemble", "-i", "x", "-o", "y", "--nnunet", "a", "--diffusion", "b", "--nnunet-folds", "abc"],
+    ["find-best", "-d", "1", "-f", "abc"],
+    ["plan-and-preprocess", "-d", "1", "-np", "0"],
+    ["ensemble", "-i", "a", "b", "-o", "c", "-np", "0"],
+])
+def test_bad_folds_and_process_counts_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
