@@ -1,7 +1,7 @@
 """Ensemble nnU-Net prediction folders by (weighted) averaging of class probabilities.
 
-Input folders are what ``nnUNetv2_predict --save_probabilities`` (``dnnunet predict --save-probabilities``) (nnUNetPredictor with
-``save_probabilities=True``) writes: per case ``<case>.npz`` (key ``probabilities``, shape
+Input folders are what ``dnnunet predict --save-probabilities`` (or nnUNetv2_predict with its
+save-probabilities option: nnUNetPredictor with ``save_probabilities=True``) writes: per case ``<case>.npz`` (key ``probabilities``, shape
 ``(C, *spatial)``, softmax or, for region-based models, sigmoid outputs) and ``<case>.pkl``
 (the image properties), plus the folder's ``dataset.json`` and ``plans.json``.
 

@@ -66,3 +66,38 @@ def test_bad_folds_and_process_counts_are_usage_errors(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "usage:" in err and "Traceback" not in err
+
+
+def test_every_flag_named_in_the_code_exists():
+    """issue 15 (smaller ones): hints name flags a user can type (--save-probabilities, --overwrite, ...)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    known = {"--nproc-per-node"}  # torchrun's, named in the distributed-training messages
+    parser = build_parser()
+    for action in parser._actions:
+        known.update(action.option_strings)
+        for sub in getattr(action, "choices", None) or {}:
+            for sub_action in action.choices[sub]._actions:
+                known.update(sub_action.option_strings)
+    named = {}
+    for source in [*(root / "diffusion_nnunet").rglob("*.py"), *(root / "planning").rglob("*.py")]:
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", source.read_text()):
+            named.setdefault(flag, source.name)
+    unknown = {f: where for f, where in named.items() if f not in known}
+    assert not unknown, f"flags named in messages that no subcommand has: {unknown}"
+
+
+def test_evaluate_hint_names_a_flag_that_works(tmp_path, capsys):
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for folder, names in ((ref, ("a", "b")), (pred, ("a",))):
+        folder.mkdir()
+        for name in names:
+            sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 4), np.uint8)), str(folder / f"{name}.nii.gz"))
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text('{"labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"}')
+    argv = ["evaluate", "-ref", str(ref), "-pred", str(pred), "-djfile", str(dataset_json)]
+    assert main(argv) == 2
+    assert "pass --allow-missing" in capsys.readouterr().err
+    assert main(argv + ["--allow-missing"]) == 0
