@@ -22,8 +22,10 @@ def add_arguments(p):
 def run(args):
     from diffusion_nnunet.cli.predict import parse_folds
     from diffusion_nnunet.inference.combined import predict_with_ensemble
+    from diffusion_nnunet.inference.output_folder import refuse_output_inside_input
     from diffusion_nnunet.utils.device import resolve_device
 
+    refuse_output_inside_input(args.input, args.output)
     folders = predict_with_ensemble(args.nnunet, args.diffusion, args.input, args.output,
                                     parse_folds(args.nnunet_folds), parse_folds(args.diffusion_folds), args.start_step,
                                     args.num_samples, args.weights,

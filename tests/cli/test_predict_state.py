@@ -49,6 +49,16 @@ def test_output_equal_to_the_input_is_refused(env, tmp_path, capsys):
     assert sorted(p.name for p in images.iterdir()) == before
 
 
+def test_predict_ensemble_output_inside_the_input_is_refused(env, tmp_path, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(env["raw"] / "imagesTs", images)
+    before = sorted(p.name for p in images.iterdir())
+    assert main(["predict-ensemble", "-i", str(images), "-o", str(images / "out"), "--nnunet", str(env["model"]),
+                 "--diffusion", str(env["model"]), "-device", "cpu"]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == before
+
+
 def test_an_existing_file_as_output_is_refused(env, tmp_path, capsys):
     (tmp_path / "out.txt").write_text("x")
     assert predict(env["raw"], tmp_path / "out.txt") == 2
