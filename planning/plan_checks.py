@@ -7,6 +7,7 @@ from pathlib import Path
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
+from planning.preprocessing_state import CONFIGURATION_KEYS as PREPROCESSING_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ def refuse_untrainable_plans(plans: dict, configurations: list[str], dataset_nam
             f"(or padded) images; nothing was preprocessed")
 
 
+def _model_relevant(configuration: dict) -> dict:
+    """The entries a trained model depends on: its network, patch and the preprocessing of its data
+    (not the schedule, nor the diffusion section, which find-best updates in the model's plans)."""
+    return {k: configuration.get(k) for k in ("architecture", "patch_size", *PREPROCESSING_KEYS)}
+
+
 def _trained(folder: Path) -> bool:
     return any(folder.glob("fold_*/checkpoint_*.pth"))
 
@@ -75,7 +82,7 @@ def warn_about_trained_models(dataset_name: str, plans_name: str, new_plans: dic
         except (OSError, json.JSONDecodeError, KeyError):
             continue
         new = json.loads(json.dumps(new_plans["configurations"].get(configuration), default=str))
-        if new is not None and used != new:
+        if new is not None and used is not None and _model_relevant(used) != _model_relevant(new):
             affected.append(folder)
     if affected:
         logger.warning(

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 MARKER_FOLDER = "preprocessing_complete"  # <preprocessed>/<dataset>/preprocessing_complete/<data>__<cfg>.json
 # what the preprocessed arrays depend on (training-only entries such as batch or patch size do not
 # invalidate them)
-_CONFIGURATION_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes",
+CONFIGURATION_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes",
                        "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
                        "resampling_fn_seg_kwargs")
 _PLANS_KEYS = ("transpose_forward", "foreground_intensity_properties_per_channel", "image_reader_writer")
@@ -37,7 +37,7 @@ def preprocessing_hash(plans: dict, configuration: str, dataset_json: dict) -> s
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     resolved = PlansManager(plans).get_configuration(configuration).configuration
-    relevant = {"configuration": {k: resolved.get(k) for k in _CONFIGURATION_KEYS},
+    relevant = {"configuration": {k: resolved.get(k) for k in CONFIGURATION_KEYS},
                 "plans": {k: plans.get(k) for k in _PLANS_KEYS},
                 "labels": dataset_json.get("labels"), "regions_class_order": dataset_json.get("regions_class_order")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

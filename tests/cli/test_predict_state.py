@@ -92,3 +92,25 @@ def test_weights_that_do_not_fit_the_plans_say_the_plans_changed(env, tmp_path, 
     err = capsys.readouterr().err
     assert "checkpoint_final.pth" in err and "plans changed since this fold was trained" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_after_a_kill_continue_prediction_completes_the_folder(env, tmp_path, capsys):
+    """The state a kill -9 leaves: some cases moved in, a .partial-PID of the dead process."""
+    import subprocess
+    import sys
+
+    raw, out = env["raw"], tmp_path / "pred"
+    assert predict(raw, out, "--save-probabilities") == 0
+    cases = sorted(p.name for p in out.glob("*.nii.gz"))
+    for suffix in (".nii.gz", ".npz", ".pkl"):
+        (out / cases[-1].replace(".nii.gz", suffix)).unlink()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".partial-{dead.pid}").mkdir()
+    (out / f".partial-{dead.pid}" / cases[-1]).write_bytes(b"half-written")
+    kept = {c: (out / c).stat().st_mtime_ns for c in cases[:-1]}
+    assert predict(raw, out, "--save-probabilities") == 2
+    assert predict(raw, out, "--save-probabilities", "--continue-prediction") == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == cases
+    assert {c: (out / c).stat().st_mtime_ns for c in cases[:-1]} == kept  # finished cases are not redone
+    assert not list(out.glob(".partial-*"))

@@ -76,7 +76,7 @@ def test_plans_too_small_for_nnunet_training_are_refused_before_preprocessing(nn
 
 
 @pytest.mark.slow
-def test_completion_marker_is_written_last_and_train_refuses_without_it(planned, monkeypatch):
+def test_completion_marker_is_written_last_and_train_refuses_without_it(planned, monkeypatch, capsys):
     dirs, data = planned
     marker = data.parent / MARKER_FOLDER / f"{data.name}__2d.json"
     record = json.loads(marker.read_text())
@@ -103,6 +103,7 @@ def test_completion_marker_is_written_last_and_train_refuses_without_it(planned,
     from diffusion_nnunet.cli.main import main
 
     assert main(["train", "-d", NAME, "-f", "0", "-device", "cpu"]) == 2
+    assert "preprocessed data of Dataset521_State / 2d" in capsys.readouterr().err
     with pytest.raises(UserInputError, match="incomplete.*plan-and-preprocess -d Dataset521_State -c 2d"):
         require_complete(NAME, "2d", "dnnunetPlans")
     assert not (dirs["nnUNet_preprocessed"] / NAME / "splits_final.json").exists()  # no split of 3 cases
@@ -156,7 +157,25 @@ def test_replanning_warns_about_trained_models_that_use_the_plans(planned, caplo
     with caplog.at_level(logging.WARNING):
         plan_and_preprocess(NAME, get_budget("cpu-tiny"), ["2d"], num_processes=1)
     assert "rewrites" not in caplog.text  # the same plans: nothing to warn about
+    plans["configurations"]["2d"]["diffusion"]["start_step"] = 0  # as find-best records it in the model
+    (model / "plans.json").write_text(json.dumps(plans))
+    with caplog.at_level(logging.WARNING):
+        plan_and_preprocess(NAME, get_budget("cpu-tiny"), ["2d"], num_processes=1)
+    assert "rewrites" not in caplog.text  # the network and data are the same: the model still fits
     with caplog.at_level(logging.WARNING):
         plan_and_preprocess(NAME, get_budget("cpu-small"), ["2d"], num_processes=1)
     assert "rewrites the plans 'dnnunetPlans' that trained models use" in caplog.text
     assert str(model) in caplog.text and "-p dnnunetPlans_NEW" in caplog.text
+
+
+@pytest.mark.slow
+def test_train_refuses_a_split_of_other_cases(planned, capsys):
+    from diffusion_nnunet.cli.main import main
+
+    dirs, _ = planned
+    all_cases = [f"c{i:02d}" for i in range(6)]
+    splits_file = dirs["nnUNet_preprocessed"] / NAME / "splits_final.json"
+    splits_file.write_text(json.dumps([{"train": all_cases[1:3], "val": all_cases[:1]}] * 5))
+    assert main(["train", "-d", NAME, "-f", "0", "-device", "cpu", "--epochs", "1", "--iterations", "1"]) == 2
+    assert "splits_final.json: fold 0 covers other cases" in capsys.readouterr().err
+    assert not list((dirs["nnUNet_results"] / NAME).glob("*/fold_0/checkpoint_*.pth"))
