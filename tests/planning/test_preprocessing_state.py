@@ -67,6 +67,7 @@ def test_intensities_that_overflow_float32_normalisation_are_refused(nnunet_dirs
     assert list(nnunet_dirs["nnUNet_preprocessed"].iterdir()) == []
 
 
+@pytest.mark.slow  # fingerprint / preprocessing in worker processes: tens of seconds
 def test_plans_too_small_for_nnunet_training_are_refused_before_preprocessing(nnunet_dirs):
     write_raw(nnunet_dirs["nnUNet_raw"], *cases(6, size=8))
     with pytest.raises(UserInputError, match=r"too small.*2d: patch \(8, 8\).*2 resolution stage.*at least 3"):
@@ -114,6 +115,7 @@ def test_completion_marker_is_written_last_and_train_refuses_without_it(planned,
     assert sorted(saved) == sorted(p.name for p in data.iterdir() if p.name.startswith("c0"))
 
 
+@pytest.mark.slow  # fingerprint / preprocessing in worker processes: tens of seconds
 def test_data_of_other_plans_or_cases_is_refused(planned):
     dirs, data = planned
     plans_file = dirs["nnUNet_preprocessed"] / NAME / "dnnunetPlans.json"
@@ -134,6 +136,7 @@ def test_data_of_other_plans_or_cases_is_refused(planned):
         require_complete(NAME, "2d", "dnnunetPlans")
 
 
+@pytest.mark.slow  # fingerprint / preprocessing in worker processes: tens of seconds
 def test_splits_of_other_cases_are_refused(planned):
     dirs, data = planned
     splits_file = dirs["nnUNet_preprocessed"] / NAME / "splits_final.json"
