@@ -1,7 +1,7 @@
 """Ensemble nnU-Net prediction folders by (weighted) averaging of class probabilities.
 
-Input folders are what ``nnUNetv2_predict --save_probabilities`` (nnUNetPredictor with
-``save_probabilities=True``) writes: per case ``<case>.npz`` (key ``probabilities``, shape
+Input folders are what ``dnnunet predict --save-probabilities`` (or nnUNetv2_predict with its
+save-probabilities option: nnUNetPredictor with ``save_probabilities=True``) writes: per case ``<case>.npz`` (key ``probabilities``, shape
 ``(C, *spatial)``, softmax or, for region-based models, sigmoid outputs) and ``<case>.pkl``
 (the image properties), plus the folder's ``dataset.json`` and ``plans.json``.
 
@@ -22,17 +22,23 @@ import os
 import pickle
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from diffusion_nnunet.inference.output_folder import STAGING_PREFIX, check_creatable_folder, clean_stale_staging
 from diffusion_nnunet.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
 _REQUIRED_JSON = ("dataset.json", "plans.json")
+STALE_AFTER_S = 60.0  # see _refuse_stale_probabilities
+# share of voxels where a folder's probabilities must give its segmentation (exactly 1 when both
+# come from one run; the margin is for ties broken differently by another writer)
+MIN_SEGMENTATION_AGREEMENT = 0.999
 
 
 def _load_json(path: Path) -> dict:
@@ -69,7 +75,7 @@ def probabilities_shape(npz_file: str | os.PathLike) -> tuple[int, ...]:
                     shape, _, _ = np.lib.format.read_array_header_1_0(fh)
                 else:
                     shape, _, _ = np.lib.format.read_array_header_2_0(fh)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, zlib.error) as e:
         raise InvalidDataError(npz_file, f"cannot be read as an .npz file ({e})") from None
     return tuple(int(s) for s in shape)
 
@@ -82,8 +88,14 @@ def _check_inputs(input_dirs: Sequence[Path], output_dir: Path, weights: Sequenc
     if len(set(resolved)) != len(resolved):
         raise UserInputError(f"the same prediction folder is given twice: {[str(d) for d in input_dirs]} "
                              f"(use weights to count a folder more)")
-    if output_dir.resolve() in resolved:
+    out = output_dir.resolve()
+    if out in resolved:
         raise UserInputError(f"output folder {output_dir} is one of the input folders")
+    inside = [str(d) for d, r in zip(input_dirs, resolved) if r in out.parents or out in r.parents]
+    if inside:
+        raise UserInputError(f"output folder {output_dir} is inside (or contains) the input folder(s) {inside}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserInputError(f"the output folder {output_dir} is an existing file, not a folder")
 
     # weights
     if weights is None:
@@ -127,7 +139,7 @@ def _check_inputs(input_dirs: Sequence[Path], output_dir: Path, weights: Sequenc
     case_sets = [{p.name[:-4] for p in d.glob("*.npz") if not p.name.startswith(".")} for d in input_dirs]
     for d, s in zip(input_dirs, case_sets):
         if not s:
-            raise InvalidDataError(d, "contains no .npz probability files; predict with --save_probabilities")
+            raise InvalidDataError(d, "contains no .npz probability files; predict with --save-probabilities")
     problems = []
     for d, s in zip(input_dirs[1:], case_sets[1:]):
         missing, extra = sorted(case_sets[0] - s), sorted(s - case_sets[0])
@@ -143,6 +155,8 @@ def _check_inputs(input_dirs: Sequence[Path], output_dir: Path, weights: Sequenc
         for c in cases:
             if not (d / f"{c}.pkl").is_file():
                 raise InvalidDataError(d / f"{c}.pkl", "missing: every .npz needs its .pkl (properties) file")
+
+    _refuse_stale_probabilities(input_dirs, cases, datasets[0].get("file_ending"))
 
     # nnU-Net objects: reader/writer and label manager
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -169,17 +183,79 @@ def _check_inputs(input_dirs: Sequence[Path], output_dir: Path, weights: Sequenc
     return datasets[0], plans[0], cases, w, label_manager, rw_class
 
 
+def _refuse_stale_probabilities(input_dirs: Sequence[Path], cases: list[str], file_ending: str | None) -> None:
+    """Probabilities older than the segmentation beside them are left over from an earlier run.
+
+    nnU-Net writes a case's .npz/.pkl just before its segmentation, so they may be a little older;
+    STALE_AFTER_S allows for that (and for copies), not for an earlier prediction run.
+
+    Raises:
+        InvalidDataError: naming every stale file.
+    """
+    if not file_ending:
+        return
+    stale = []
+    for d in input_dirs:
+        for c in cases:
+            seg = d / f"{c}{file_ending}"
+            if not seg.is_file():
+                continue
+            seg_time = seg.stat().st_mtime
+            stale += [str(d / f"{c}{ext}") for ext in (".npz", ".pkl")
+                      if (d / f"{c}{ext}").stat().st_mtime < seg_time - STALE_AFTER_S]
+    if stale:
+        raise InvalidDataError(stale[0], f"{len(stale)} probability file(s) are older than their segmentation "
+                                         f"(left over from an earlier prediction?): {', '.join(stale[:6])}"
+                                         f"{' ...' if len(stale) > 6 else ''}; predict again with --overwrite "
+                                         f"--save-probabilities")
+
+
 def _load_pickle(path: Path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except Exception as e:  # noqa: BLE001 - unpickling raises assorted errors for damaged files
+        raise InvalidDataError(path, f"cannot be read as an nnU-Net properties file ({type(e).__name__}: {e})") from None
+
+
+def _load_probabilities(path: Path) -> np.ndarray:
+    try:
+        with np.load(path) as z:
+            return z["probabilities"]
+    except Exception as e:  # noqa: BLE001 - zlib/zipfile/numpy raise assorted errors for damaged payloads
+        raise InvalidDataError(path, f"the probabilities cannot be read ({type(e).__name__}: {e}); the file is "
+                                     f"damaged: predict this folder again with --overwrite --save-probabilities") from None
+
+
+def _check_matches_segmentation(probabilities: np.ndarray, folder: Path, case: str, file_ending: str, rw_class,
+                                label_manager) -> None:
+    """The probabilities must give the segmentation saved beside them (else one of them is stale)."""
+    seg_file = folder / f"{case}{file_ending}"
+    if not seg_file.is_file():
+        return
+    try:
+        saved, _ = rw_class().read_seg(str(seg_file))
+    except Exception as e:  # noqa: BLE001 - readers raise assorted errors for damaged files
+        raise InvalidDataError(seg_file, f"cannot be read ({type(e).__name__}: {e})") from None
+    saved = np.asarray(saved)[0]
+    expected = np.asarray(label_manager.convert_probabilities_to_segmentation(probabilities))
+    if saved.shape != expected.shape:
+        raise InvalidDataError(folder / f"{case}.npz", f"probabilities of shape {expected.shape} do not match the "
+                                                      f"segmentation {seg_file.name} of shape {saved.shape}")
+    agreement = float(np.mean(saved == expected))
+    if agreement < MIN_SEGMENTATION_AGREEMENT:
+        raise InvalidDataError(folder / f"{case}.npz", f"the probabilities do not give the segmentation "
+                                                      f"{seg_file.name} beside them ({agreement:.1%} of the voxels "
+                                                      f"agree): one of them is from another run; predict again "
+                                                      f"with --overwrite --save-probabilities")
 
 
 def _merge_case(case: str, input_dirs: Sequence[Path], weights: np.ndarray, output_dir: Path, file_ending: str,
                 rw_class, label_manager, save_probabilities: bool) -> str:
     avg = None
     for d, w in zip(input_dirs, weights):
-        with np.load(d / f"{case}.npz") as z:
-            p = z["probabilities"]
+        p = _load_probabilities(d / f"{case}.npz")
+        _check_matches_segmentation(p, d, case, file_ending, rw_class, label_manager)
         if avg is None:
             avg = p.astype(np.float32) * np.float32(w)
         else:
@@ -208,7 +284,7 @@ def ensemble_folders(input_dirs: Sequence[str | os.PathLike], output_dir: str | 
     """Average the class probabilities of several nnU-Net prediction folders and segment.
 
     Args:
-        input_dirs: at least 2 folders written with ``--save_probabilities`` (npz + pkl per case,
+        input_dirs: at least 2 folders written with ``--save-probabilities`` (npz + pkl per case,
             dataset.json, plans.json), holding the same cases with the same labels and shapes.
         output_dir: destination folder (created; must not be an input folder). It receives
             ``<case><file_ending>`` per case, dataset.json and plans.json (from the first input
@@ -233,15 +309,29 @@ def ensemble_folders(input_dirs: Sequence[str | os.PathLike], output_dir: str | 
     logger.info("ensembling %d case(s) from %d folders with weights %s into %s", len(cases), len(input_dirs),
                 [round(float(x), 4) for x in w], output_dir)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(c, input_dirs, w, output_dir, file_ending, rw_class, label_manager, save_probabilities) for c in cases]
-    if num_processes <= 1 or len(jobs) == 1:
-        written = [_merge_case_star(j) for j in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            written = pool.map(_merge_case_star, jobs)
-    for name in _REQUIRED_JSON:
-        with atomic_path(output_dir / name) as tmp:
-            shutil.copyfile(input_dirs[0] / name, tmp)
+    # all or nothing: every case is written into a staging folder, moved into place when all succeeded
+    created = not output_dir.exists()
+    check_creatable_folder(output_dir)
+    clean_stale_staging(output_dir)
+    staging = output_dir / f"{STAGING_PREFIX}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        jobs = [(c, input_dirs, w, staging, file_ending, rw_class, label_manager, save_probabilities) for c in cases]
+        if num_processes <= 1 or len(jobs) == 1:
+            written = [_merge_case_star(j) for j in jobs]
+        else:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                written = pool.map(_merge_case_star, jobs)
+        for name in _REQUIRED_JSON:
+            shutil.copyfile(input_dirs[0] / name, staging / name)
+        for produced in sorted(staging.iterdir()):
+            os.replace(produced, output_dir / produced.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d ensembled case(s) to %s", len(written), output_dir)
     return sorted(written)

@@ -316,7 +316,7 @@ def evaluate_folders(reference_dir: str | os.PathLike, prediction_dir: str | os.
         listing = ", ".join(no_pred[:10]) + (", ..." if len(no_pred) > 10 else "")
         if not allow_missing:
             raise InvalidDataError(prediction_dir, f"{len(no_pred)} reference case(s) have no prediction: "
-                                                   f"{listing} (pass allow_missing=True to evaluate the others)")
+                                                   f"{listing} (pass --allow-missing to evaluate the others)")
         logger.warning("%d reference case(s) without prediction are skipped: %s", len(no_pred), listing)
 
     cases = sorted(preds)

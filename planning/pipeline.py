@@ -14,7 +14,9 @@ from diffusion_nnunet.utils.atomic import write_json
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.budget import ComputeBudget
 from planning.fingerprint import extract_fingerprint
+from planning.plan_checks import refuse_untrainable_plans, warn_about_trained_models
 from planning.planner import DEFAULT_PLANS_NAME, BudgetedPlanner
+from planning.preprocessing_state import mark_complete, mark_incomplete
 from planning.unlabelled import extract_fingerprint_partial, find_unlabelled_cases, preprocess_partial
 from planning.validate import find_dataset_folder, validate_raw_dataset
 
@@ -22,16 +24,26 @@ logger = logging.getLogger(__name__)
 
 
 class _AtomicPlanner(BudgetedPlanner):
-    """Writes the plans file atomically, keeping configurations planned earlier (as nnU-Net does)."""
+    """Writes the plans file atomically, keeping configurations planned earlier (as nnU-Net does).
+
+    Before writing, the configurations to preprocess are checked to be trainable by nnU-Net's
+    pipeline, and a warning names the trained models whose plans are rewritten.
+    """
+
+    required_configurations: list[str] | None = None  # None: every planned one (but cascade/lowres)
 
     def save_plans(self, plans):
         import json
 
         recursive_fix_for_json_export(plans)
+        required = self.required_configurations or [c for c in plans["configurations"]
+                                                    if "cascade" not in c and "lowres" not in c]
+        refuse_untrainable_plans(plans, required, self.dataset_name)
         plans_file = paths.preprocessed() / self.dataset_name / f"{self.plans_identifier}.json"
         if plans_file.is_file():
             old = json.loads(plans_file.read_text())["configurations"]
             plans["configurations"].update({k: v for k, v in old.items() if k not in plans["configurations"]})
+        warn_about_trained_models(self.dataset_name, self.plans_identifier, plans)
         write_json(plans, plans_file)
         logger.info("Plans written to %s", plans_file)
 
@@ -51,6 +63,8 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         validate: check the raw data first (recommended: stops before any compute on bad files).
         preprocess: also write the preprocessed data.
     """
+    if num_processes < 1:
+        raise UserInputError(f"the number of processes must be at least 1, got {num_processes}")
     folder = find_dataset_folder(paths.raw(), dataset)
     name = folder.name
     if validate:
@@ -64,6 +78,7 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         extract_fingerprint(name, num_processes=num_processes)
     logger.info("Planning %s with the %s budget", name, budget.name)
     planner = _AtomicPlanner(name, budget, plans_name=plans_name)
+    planner.required_configurations = configurations if preprocess else None
     with nnunet_output_to_log(logger):
         plans = planner.plan_experiment()
     for cfg, plan in plans["configurations"].items():
@@ -77,15 +92,30 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         unknown = [c for c in wanted if c not in plans["configurations"]]
         if unknown:
             raise UserInputError(f"configuration(s) {unknown} not in the plans; planned: {list(plans['configurations'])}")
+        # the labels first: a configuration's completion marker then also vouches for them
+        _copy_ground_truth(folder, paths.preprocessed() / name / "gt_segmentations")
+        expected = _labelled_cases(name, unlabelled)
         for cfg in wanted:
             logger.info("Preprocessing %s / %s", name, cfg)
+            mark_incomplete(name, cfg, plans_name)
             with nnunet_output_to_log(logger):
                 if unlabelled:
                     preprocess_partial(name, cfg, plans_name, unlabelled, num_processes)
                 else:
                     DefaultPreprocessor(verbose=False).run(name, cfg, plans_name, num_processes)
-        _copy_ground_truth(folder, paths.preprocessed() / name / "gt_segmentations")
+            mark_complete(name, cfg, plans_name, expected)  # last: training refuses data without it
     return plans
+
+
+def _labelled_cases(dataset_name: str, unlabelled: dict) -> list[str]:
+    """The cases nnU-Net's preprocessor writes into a configuration's data folder."""
+    import json
+
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    dataset_json = json.loads((paths.preprocessed() / dataset_name / "dataset.json").read_text())
+    cases = get_filenames_of_train_images_and_targets(str(paths.raw() / dataset_name), dataset_json)
+    return sorted(c for c in cases if c not in unlabelled)
 
 
 def _copy_ground_truth(raw_folder: Path, target: Path) -> None:

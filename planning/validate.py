@@ -231,6 +231,10 @@ def validate_raw_dataset(dataset_dir: Path, check_intensities: bool = True, num_
             warnings.add("unused-label", dataset_dir / "dataset.json",
                          f"labels declared but not present in any training label file: {names}")
 
+    if training and label_values_seen and label_values_seen <= {0}:
+        problems.insert(0, (dataset_dir / "labelsTr", f"all {len(training)} label files contain only background (0): "
+                                                      "there is no foreground to learn (nnU-Net's fingerprint fails "
+                                                      "on such a dataset); check that the right labels were exported"))
     _raise_if_problems(dataset_dir, problems)
     report = ValidationReport(
         dataset_dir=dataset_dir, num_cases=len(training), num_channels=spec.num_channels, file_ending=ending,
@@ -912,22 +916,44 @@ def _check_image_voxels(path: Path, result: _CaseResult) -> None:
     if arr.dtype.kind == "c":
         result.problems.append((path, f"complex-valued voxels ({arr.dtype}); save magnitude images"))
         return
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind not in "fiu":
         return
     n_nan = n_inf = 0
+    max_abs = 0.0
     flat = arr.reshape(-1)
     for start in range(0, flat.size, _CHUNK_VOXELS):
         chunk = flat[start:start + _CHUNK_VOXELS]
+        if chunk.dtype.kind in "iu":
+            max_abs = max(max_abs, abs(float(chunk.min())), abs(float(chunk.max())))
+            continue
         finite = np.isfinite(chunk)
         if not finite.all():
             bad = chunk[~finite]
             nan = int(np.isnan(bad).sum())
             n_nan += nan
             n_inf += bad.size - nan
+            chunk = chunk[finite]
+        if chunk.size:
+            max_abs = max(max_abs, float(np.abs(chunk).max()))
     if n_nan or n_inf:
         parts = [f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "Inf")) if n]
         result.problems.append((path, f"contains {' and '.join(parts)} voxel(s) (of {arr.size}); replace them with "
                                       "a real intensity (e.g. the image minimum)"))
+    limit = float32_safe_intensity(arr.size)
+    if max_abs > limit:
+        result.problems.append((path, f"intensities up to {max_abs:.3g} overflow the float32 arithmetic of nnU-Net's "
+                                      f"normalisation (the mean and standard deviation of {arr.size} voxels need "
+                                      f"|intensity| below {limit:.3g}; the image would preprocess to NaN); rescale "
+                                      "the image to a physical range"))
+
+
+def float32_safe_intensity(num_voxels: int) -> float:
+    """Largest |intensity| whose sum of squares over `num_voxels` stays 10x below float32's maximum.
+
+    nnU-Net normalises in float32 (z-score: mean, then the sum of squared deviations); a square
+    above float32's maximum is Inf, and Inf - Inf makes the whole image NaN.
+    """
+    return float(np.sqrt(np.finfo(np.float32).max / (10.0 * max(1, num_voxels))))
 
 
 def _check_label_voxels(path: Path, allowed: frozenset[int] | None, result: _CaseResult) -> None:

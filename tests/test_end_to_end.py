@@ -87,9 +87,9 @@ def test_interrupted_prediction_never_leaves_half_written_outputs(env, tmp_path,
         return real_export(*args, **kwargs)
 
     monkeypatch.setattr(predictor_module, "export_prediction_from_logits", export_then_fail)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match="simulated crash"):  # --overwrite: a folder with results is refused
         main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-f", "0",
-              "--disable-tta", "-device", "cpu"])
+              "--disable-tta", "-device", "cpu", "--overwrite"])
     after = {p.name: p.read_bytes() for p in out.glob("*.nii.gz")}
     assert sorted(after) == sorted(before)
     for name, data in after.items():  # every file is a complete, readable image

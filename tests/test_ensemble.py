@@ -115,6 +115,7 @@ def test_regions_and_2d(tmp_path):
     a = make_folder(tmp_path / "A", pa, labels, spacing_xyz=(0.5, 0.7), regions_class_order=[1, 2])
     b = make_folder(tmp_path / "B", pb, labels, spacing_xyz=(0.5, 0.7), regions_class_order=[1, 2])
     (a / "c.nii.gz").unlink()
+    (b / "c.nii.gz").unlink()  # make_folder writes argmax segmentations, which regions do not use
     ensemble_folders([a, b], tmp_path / "out")
     seg, spacing = read(tmp_path / "out" / "c.nii.gz")
     assert seg.ndim == 2 and spacing == pytest.approx((0.5, 0.7))  # 2D case written as 2D image
@@ -160,3 +161,62 @@ def test_refuses_bad_folders_and_weights(tmp_path, two_folders):
     assert_refused(tmp_path, [a, b], r"case_a.pkl")
     with pytest.raises(UserInputError, match="one of the input"):
         ensemble_folders([a, b], a)
+
+
+def test_refuses_probabilities_older_than_their_segmentation(tmp_path, two_folders):
+    """issue 15 item 7: a stale .npz beside a newer segmentation (an earlier run) is not averaged."""
+    import os
+
+    a, b, _, _ = two_folders
+    seg_time = (b / "case_b.nii.gz").stat().st_mtime
+    os.utime(b / "case_b.npz", (seg_time - 3600, seg_time - 3600))
+    assert_refused(tmp_path, [a, b], r"case_b.npz.*older than their segmentation")
+
+
+def test_refuses_probabilities_that_do_not_give_their_segmentation(tmp_path, two_folders):
+    """issue 15 item 7: a segmentation from another run beside the probabilities is refused, all or nothing."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    a, b, _, pb = two_folders
+    with open(b / "case_b.pkl", "rb") as f:
+        props = pickle.load(f)
+    SimpleITKIO().write_seg((pb["case_b"].argmax(0) + 1) % 3, str(b / "case_b.nii.gz"), props)
+    assert_refused(tmp_path, [a, b], r"B/case_b.npz: the probabilities do not give the segmentation")
+
+
+def test_corrupt_npz_payload_writes_nothing(tmp_path):
+    """issue 15 item 9: a damaged payload (valid zip header, bad data) is named; no half-written output."""
+    import zipfile
+
+    shape = (20, 40, 40)  # large enough that reading the npy header does not reach the damaged end
+    a = make_folder(tmp_path / "A", {c: random_probs(shape, seed=i) for i, c in enumerate(["case_a", "case_b"])})
+    b = make_folder(tmp_path / "B", {c: random_probs(shape, seed=5 + i) for i, c in enumerate(["case_a", "case_b"])})
+
+    raw = bytearray((b / "case_b.npz").read_bytes())
+    info = zipfile.ZipFile(b / "case_b.npz").getinfo("probabilities.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    # damage the second half of the compressed array, after the npy header
+    for i in range(start + info.compress_size // 2, start + info.compress_size - 8):
+        raw[i] ^= 0xFF
+    (b / "case_b.npz").write_bytes(bytes(raw))
+    assert probabilities_shape(b / "case_b.npz") == (3, *shape)  # the header still reads: the checks pass
+    out = tmp_path / "refused"
+    with pytest.raises(InvalidDataError, match=r"case_b.npz"):
+        ensemble_folders([a, b], out)
+    assert not out.exists(), "case_a must not be written when case_b fails"
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    with pytest.raises(InvalidDataError, match=r"case_b.npz"):
+        ensemble_folders([a, b], existing)
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+
+
+def test_refuses_an_output_that_is_a_file_or_inside_an_input(tmp_path, two_folders):
+    a, b, _, _ = two_folders
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserInputError, match="existing file"):
+        ensemble_folders([a, b], tmp_path / "file")
+    with pytest.raises(UserInputError, match="inside"):
+        ensemble_folders([a, b], a / "sub")
+    assert not (a / "sub").exists()

@@ -2,12 +2,14 @@
 
 
 def add_arguments(p):
+    from diffusion_nnunet.cli.common import positive_int
+
     p.add_argument("-i", "--inputs", nargs="+", required=True,
                    help="prediction folders written with --save-probabilities")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("-w", "--weights", nargs="+", type=float, default=None, help="one weight per folder (default equal)")
     p.add_argument("--save-probabilities", action="store_true", help="also write the averaged probabilities")
-    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+    p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="worker processes")
 
 
 def run(args):

@@ -2,13 +2,17 @@
 
 
 def add_arguments(p):
+    from diffusion_nnunet.cli.common import positive_int
+
     p.add_argument("-ref", "--reference", required=True, help="folder of reference label maps")
     p.add_argument("-pred", "--prediction", required=True, help="folder of predicted label maps")
     p.add_argument("-djfile", "--dataset-json", default=None,
                    help="dataset.json for label names and file ending (default: the prediction folder's)")
     p.add_argument("-o", "--output", default=None, help="JSON output (default: PRED/evaluation.json)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
-    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="evaluate the cases that have a prediction when some references have none (logged)")
+    p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="worker processes")
 
 
 def run(args):
@@ -20,7 +24,8 @@ def run(args):
     if dataset_json is None and (Path(args.prediction) / "dataset.json").is_file():
         dataset_json = Path(args.prediction) / "dataset.json"
     result = evaluate_folders(args.reference, args.prediction, dataset_json=dataset_json,
-                              nsd_tolerance_mm=args.nsd_tolerance, num_processes=args.num_processes)
+                              nsd_tolerance_mm=args.nsd_tolerance, num_processes=args.num_processes,
+                              allow_missing=args.allow_missing)
     output = Path(args.output) if args.output else Path(args.prediction) / "evaluation.json"
     write_evaluation(result, output)
     print(format_table(result))

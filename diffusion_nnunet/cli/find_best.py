@@ -1,11 +1,11 @@
 """dnnunet find-best"""
-from diffusion_nnunet.cli.common import add_device_argument
+from diffusion_nnunet.cli.common import add_device_argument, fold_index
 
 
 def add_arguments(p):
     p.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
     p.add_argument("-c", "--configuration", default="2d", help="plans configuration (default: 2d)")
-    p.add_argument("-f", "--folds", nargs="+", type=int, default=[0],
+    p.add_argument("-f", "--folds", nargs="+", type=fold_index, default=[0],
                    help="folds whose validation cases decide (default: 0; each model needs them trained)")
     p.add_argument("--nnunet", default=None, help="nnU-Net model folder (default: our baseline's; stock "
                                                   "nnunetv2 folders work too)")

@@ -3,7 +3,7 @@ from planning.budget import PRESETS
 
 
 def add_arguments(p):
-    from diffusion_nnunet.cli.common import DEFAULT_PLANS_NAME
+    from diffusion_nnunet.cli.common import DEFAULT_PLANS_NAME, positive_int
 
     p.add_argument("-d", "--dataset", nargs="+", required=True, help="dataset id(s) or DatasetXXX_Name")
     p.add_argument("--budget", choices=list(PRESETS), default=None,
@@ -11,7 +11,7 @@ def add_arguments(p):
     p.add_argument("--seconds-per-iteration", type=float, default=None, help="override the budget's time target")
     p.add_argument("-c", "--configurations", nargs="+", default=None, help="configurations to preprocess (default: all)")
     p.add_argument("-p", "--plans", default=DEFAULT_PLANS_NAME, help="plans identifier")
-    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("-np", "--num-processes", type=positive_int, default=2, help="worker processes (default: 2)")
     p.add_argument("--plan-only", action="store_true", help="write fingerprint and plans, skip preprocessing")
     p.add_argument("--skip-checks", action="store_true", help="do not validate the raw data first (not recommended)")
 

@@ -1,5 +1,5 @@
 """dnnunet predict"""
-from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
+from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments, fold
 
 
 def add_arguments(p):
@@ -8,12 +8,18 @@ def add_arguments(p):
     p.add_argument("-m", "--model", default=None, help="model folder (instead of -d/-c/-tr/-p); stock nnunetv2 "
                                                        "model folders work too")
     add_model_arguments(p, dataset_required=False)
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to use (default: all trained)")
+    p.add_argument("-f", "--folds", nargs="+", type=fold, default=None, help="folds to use (default: all trained)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz/CASE.pkl")
     p.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (faster)")
     p.add_argument("-step", "--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
-    p.add_argument("--continue-prediction", action="store_true", help="keep cases already predicted")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--continue-prediction", action="store_true",
+                          help="keep the cases already in OUT (only if OUT/predict_args.json records the same "
+                               "settings) and predict the others")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an OUT that holds results of another run, whole (without it, or "
+                               "--continue-prediction, such an OUT is refused)")
     g = p.add_argument_group("diffusion models")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="reverse process (default: ddpm)")
     g.add_argument("--steps", type=int, default=None, help="reverse steps (default: all steps of training)")
@@ -38,7 +44,7 @@ def add_arguments(p):
 
 
 def parse_folds(values):
-    """Fold arguments as nnU-Net takes them: integers, or 'all'."""
+    """Fold arguments as nnU-Net takes them: integers, or 'all' (already checked by `common.fold`)."""
     return None if values is None else [v if v == "all" else int(v) for v in values]
 
 
@@ -61,6 +67,6 @@ def run(args):
         images = Path(args.input)
         diffusion["overview_png_for"] = lambda case: next(images.glob(f"{case}_0000.*"))
     predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
-                   args.save_probabilities, not args.disable_tta, args.step_size, not args.continue_prediction,
-                   diffusion)
+                   args.save_probabilities, not args.disable_tta, args.step_size, args.overwrite, diffusion,
+                   continue_prediction=args.continue_prediction)
     return 0

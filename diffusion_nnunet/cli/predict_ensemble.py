@@ -2,14 +2,14 @@
 
 
 def add_arguments(p):
-    from diffusion_nnunet.cli.common import add_device_argument
+    from diffusion_nnunet.cli.common import add_device_argument, fold
 
     p.add_argument("-i", "--input", required=True, help="folder of images")
     p.add_argument("-o", "--output", required=True, help="writes OUT/nnunet, OUT/pd_ddpm and OUT/ensemble")
     p.add_argument("--nnunet", required=True, help="nnU-Net model folder (ours or stock nnunetv2)")
     p.add_argument("--diffusion", required=True, help="diffusion model folder (e.g. ..._recycle__dnnunetPlans__2d)")
-    p.add_argument("--nnunet-folds", nargs="+", default=None, help="folds of the nnU-Net model (default: all)")
-    p.add_argument("--diffusion-folds", nargs="+", default=None, help="folds of the diffusion model (default: all)")
+    p.add_argument("--nnunet-folds", nargs="+", type=fold, default=None, help="folds of the nnU-Net model (default: all)")
+    p.add_argument("--diffusion-folds", nargs="+", type=fold, default=None, help="folds of the diffusion model (default: all)")
     p.add_argument("--start-step", type=int, default=None, help="PD-DDPM start step (default: the plans')")
     p.add_argument("--num-samples", type=int, default=None,
                    help="diffusion samples (above 1: uncertainty maps; default: the plans' proposal)")
@@ -22,8 +22,10 @@ def add_arguments(p):
 def run(args):
     from diffusion_nnunet.cli.predict import parse_folds
     from diffusion_nnunet.inference.combined import predict_with_ensemble
+    from diffusion_nnunet.inference.output_folder import refuse_output_inside_input
     from diffusion_nnunet.utils.device import resolve_device
 
+    refuse_output_inside_input(args.input, args.output)
     folders = predict_with_ensemble(args.nnunet, args.diffusion, args.input, args.output,
                                     parse_folds(args.nnunet_folds), parse_folds(args.diffusion_folds), args.start_step,
                                     args.num_samples, args.weights,

@@ -49,7 +49,7 @@ def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overw
             f"dataset id {dataset_id} is already used by {', '.join(others)} in {raw_root}; "
             "choose another id or remove that folder")
     if destination.exists() and not overwrite:
-        raise UserInputError(f"{destination} already exists; pass overwrite to replace it")
+        raise UserInputError(f"{destination} already exists; pass --overwrite to replace it")
 
 
 def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,

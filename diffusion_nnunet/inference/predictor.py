@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.inference.checkpoint_io import load_weights, read_checkpoint
+from diffusion_nnunet.inference.output_folder import (claim_output_folder, finished_cases, prediction_settings,
+                                                     refuse_output_inside_input)
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.config import TrainingConfig
@@ -87,7 +90,7 @@ class DnnPredictor(nnUNetPredictor):
             path = folder / f"fold_{f}" / checkpoint_name
             if not path.is_file():
                 raise UserInputError(f"{path} does not exist (is fold {f} trained to the end?)")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = read_checkpoint(path)
             parameters.append(checkpoint["network_weights"])
 
         configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
@@ -102,6 +105,8 @@ class DnnPredictor(nnUNetPredictor):
         else:  # a stock nnunetv2 trainer
             network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
                                                                num_outputs, enable_deep_supervision=False)
+        for f, weights in zip(([use_folds] if isinstance(use_folds, str) else use_folds), parameters):  # all now
+            load_weights(network, weights, folder / f"fold_{f}" / checkpoint_name, folder)
         network.load_state_dict(parameters[0])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                    checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
@@ -132,7 +137,7 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
     first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
     if first is None:
         raise UserInputError(f"no fold_*/{checkpoint_name} in {model_dir}: is this a trained nnU-Net model folder?")
-    trainer_class = trainer_class_for(torch.load(first, map_location="cpu", weights_only=False)["trainer_name"])
+    trainer_class = trainer_class_for(read_checkpoint(first)["trainer_name"])
     predictor_class = trainer_class.predictor_class() if issubclass(trainer_class, DnnTrainer) else DnnPredictor
     options = {k: v for k, v in (diffusion_options or {}).items() if v is not None}
     if options and predictor_class is DnnPredictor:
@@ -149,7 +154,8 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
 def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,
                    checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
                    save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
-                   overwrite: bool = True, diffusion_options: dict | None = None) -> list[str]:
+                   overwrite: bool = True, diffusion_options: dict | None = None,
+                   continue_prediction: bool = False) -> list[str]:
     """Predict every case of `input_dir` (nnU-Net naming: CASE_0000.nii.gz ...) into `output_dir`.
 
     Args:
@@ -162,52 +168,74 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
         save_probabilities: also write `CASE.npz` + `CASE.pkl` (nnU-Net's format, for ensembling).
         use_mirroring: test-time mirroring as nnU-Net does.
         tile_step_size: sliding-window step as a fraction of the patch.
-        overwrite: predict cases whose output exists again.
+        overwrite: replace an output folder that holds results whole (see `output_folder`).
         diffusion_options: sampler settings for diffusion models (see `load_predictor`); with
             `presegmenter` (a model folder), that model predicts first, into OUT/presegmentation,
             and its probabilities start PD-DDPM.
+        continue_prediction: keep the cases of an output folder predicted with the same settings
+            and predict the others. Without it or `overwrite`, a folder with results is refused.
 
     Returns:
         The case identifiers written.
     """
     diffusion_options = dict(diffusion_options or {})
     presegmenter = diffusion_options.pop("presegmenter", None)
-    if presegmenter is not None:  # PD-DDPM: the nnU-Net model's probabilities are the starting point
-        pre_dir = Path(output_dir) / "presegmentation"
+    arguments = {"model": str(Path(model_dir).absolute()), "folds": folds, "checkpoint": checkpoint_name,
+                 "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
+                 "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                               for k, v in diffusion_options.items() if v is not None}}
+    if presegmenter is None:
+        predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
+                                   diffusion_options)
+        return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite, arguments,
+                              continue_prediction)
+    # PD-DDPM: the nnU-Net model's probabilities are the starting point. OUT is claimed first, so
+    # that --overwrite replaces OUT/presegmentation with the rest and a refusal comes before compute.
+    pre_dir = Path(output_dir) / "presegmentation"
+    arguments["diffusion"]["presegmentation"] = str(pre_dir)
+    arguments["diffusion"]["presegmenter"] = str(Path(presegmenter).absolute())
+    settings = prediction_settings(input_dir, save_probabilities, arguments)
+    with claim_output_folder(output_dir, settings, overwrite, continue_prediction):
         logger.info("pre-segmenting with %s into %s", presegmenter, pre_dir)
         predict_folder(presegmenter, input_dir, pre_dir, None, checkpoint_name, device, True, use_mirroring,
-                       tile_step_size, overwrite)
+                       tile_step_size, overwrite, continue_prediction=continue_prediction)
         diffusion_options["presegmentation"] = pre_dir
-    predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
-                               diffusion_options)
-    return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite,
-                          arguments={"model": str(model_dir), "folds": folds, "checkpoint": checkpoint_name,
-                                     "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-                                     "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                   for k, v in diffusion_options.items() if v is not None}})
+        predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
+                                   diffusion_options)
+        return run_prediction(predictor, input_dir, output_dir, save_probabilities, False, arguments, True)
 
 
 def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabilities: bool = False,
-                   overwrite: bool = True, arguments: dict | None = None) -> list[str]:
-    """The per-case loop shared by every predictor: validate, preprocess, predict, export, move."""
+                   overwrite: bool = True, arguments: dict | None = None,
+                   continue_prediction: bool = False) -> list[str]:
+    """The per-case loop shared by every predictor: validate, preprocess, predict, export, move.
+
+    `overwrite` / `continue_prediction`: what may happen to an output folder holding results
+    (see `output_folder.claim_output_folder`).
+    """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     dataset_json = predictor.dataset_json
     ending = dataset_json["file_ending"]
+    settings = prediction_settings(input_dir, save_probabilities, arguments)
+    refuse_output_inside_input(input_dir, output_dir)
     cases = validate_prediction_inputs(input_dir, dataset_json["channel_names"], ending)
     predictor.check_cases(cases)
     num_channels = len(dataset_json["channel_names"])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        done = [c for c in cases if (output_dir / f"{c}{ending}").is_file()
-                and (not save_probabilities or (output_dir / f"{c}.npz").is_file())]
+    with claim_output_folder(output_dir, settings, overwrite, continue_prediction):
+        done = finished_cases(output_dir, cases, ending, save_probabilities) if continue_prediction else []
         cases = [c for c in cases if c not in done]
         if done:
             logger.info("%d cases already predicted in %s are kept", len(done), output_dir)
-    write_json(dataset_json, output_dir / "dataset.json")
-    write_json(predictor.plans_manager.plans, output_dir / "plans.json")
-    write_json({"input": str(input_dir), "save_probabilities": save_probabilities, **(arguments or {})},
-               output_dir / "predict_args.json")
+        write_json(dataset_json, output_dir / "dataset.json")
+        write_json(predictor.plans_manager.plans, output_dir / "plans.json")
+        _predict_cases(predictor, cases, input_dir, output_dir, num_channels, ending, save_probabilities)
+    logger.info("wrote %d predictions to %s", len(cases), output_dir)
+    return cases
 
+
+def _predict_cases(predictor: DnnPredictor, cases: list[str], input_dir: Path, output_dir: Path, num_channels: int,
+                   ending: str, save_probabilities: bool) -> None:
+    dataset_json = predictor.dataset_json
     staging = output_dir / f".partial-{os.getpid()}"
     staging.mkdir(exist_ok=True)
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -227,6 +255,4 @@ def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabil
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         compute_gaussian.cache_clear()
-    logger.info("wrote %d predictions to %s", len(cases), output_dir)
-    return cases
 

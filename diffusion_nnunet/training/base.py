@@ -36,6 +36,7 @@ from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
 from diffusion_nnunet.training.fold_state import CROSS_VALIDATION_FOLDS  # noqa: F401 - also exported here
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
+from planning.preprocessing_state import check_splits
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class DnnTrainer(nnUNetTrainer):
                     f"cross-validation needs at least {CROSS_VALIDATION_FOLDS}. "
                     f"Train with -f all (validation then runs on the training cases), or write your own "
                     f"{splits_file}")
+        check_splits(splits_file, self.preprocessed_dataset_folder, self.fold)  # issue 15: splits of other data
         return super().do_split()
 
     def validation_is_sharded(self) -> bool:

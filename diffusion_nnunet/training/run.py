@@ -21,6 +21,7 @@ from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.pipeline import preprocessed_plans_file
 from planning.planner import DEFAULT_PLANS_NAME
+from planning.preprocessing_state import require_complete as require_complete_preprocessing
 from planning.validate import find_dataset_folder
 
 logger = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ def _train_fold_here(dataset: str, configuration: str, fold: int | str, trainer:
     Returns:
         The fold's output folder.
     """
+    require_complete_preprocessing(dataset, configuration, plans_name)  # issue 15: interrupted preprocessing
     entry, trainer_obj = build_trainer(dataset, configuration, fold, trainer, plans_name, device, continue_training)
     fold_folder = Path(trainer_obj.output_folder)
     values = trainer_obj.config.to_dict()  # the trainer's defaults (its registry entry included)

@@ -13,6 +13,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only for an instant)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `destination`; move it into place if the block succeeds.
@@ -27,7 +41,12 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
     if suffix is None:
         suffix = "".join(destination.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=f".tmp{suffix}", dir=destination.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file private (0600); give it the mode an ordinary write would, so that
+        # a shared group can read models and predictions
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -50,3 +50,54 @@ def test_predict_inputs_with_wrong_channel_count_name_the_case(tmp_path):
     with pytest.raises(InvalidDataError, match="case1.*_0001") as err:
         validate_prediction_inputs(inputs, {"0": "T1", "1": "T2"}, ".nii.gz")
     assert "channel" in str(err.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "-i", "x", "-o", "y", "-d", "1", "-f", "abc"],
+    ["predict", "-i", "x", "-o", "y", "-d", "1", "-f", "-1"],
+    ["predict-ensemble", "-i", "x", "-o", "y", "--nnunet", "a", "--diffusion", "b", "--nnunet-folds", "abc"],
+    ["find-best", "-d", "1", "-f", "abc"],
+    ["plan-and-preprocess", "-d", "1", "-np", "0"],
+    ["ensemble", "-i", "a", "b", "-o", "c", "-np", "0"],
+])
+def test_bad_folds_and_process_counts_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+
+
+def test_every_flag_named_in_the_code_exists():
+    """issue 15 (smaller ones): hints name flags a user can type (--save-probabilities, --overwrite, ...)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    known = {"--nproc-per-node"}  # torchrun's, named in the distributed-training messages
+    parser = build_parser()
+    for action in parser._actions:
+        known.update(action.option_strings)
+        for sub in getattr(action, "choices", None) or {}:
+            for sub_action in action.choices[sub]._actions:
+                known.update(sub_action.option_strings)
+    named = {}
+    for source in [*(root / "diffusion_nnunet").rglob("*.py"), *(root / "planning").rglob("*.py")]:
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", source.read_text()):
+            named.setdefault(flag, source.name)
+    unknown = {f: where for f, where in named.items() if f not in known}
+    assert not unknown, f"flags named in messages that no subcommand has: {unknown}"
+
+
+def test_evaluate_hint_names_a_flag_that_works(tmp_path, capsys):
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for folder, names in ((ref, ("a", "b")), (pred, ("a",))):
+        folder.mkdir()
+        for name in names:
+            sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 4), np.uint8)), str(folder / f"{name}.nii.gz"))
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text('{"labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"}')
+    argv = ["evaluate", "-ref", str(ref), "-pred", str(pred), "-djfile", str(dataset_json)]
+    assert main(argv) == 2
+    assert "pass --allow-missing" in capsys.readouterr().err
+    assert main(argv + ["--allow-missing"]) == 0
