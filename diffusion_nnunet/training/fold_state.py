@@ -120,6 +120,11 @@ def _saved_plans(model_folder: Path):
             break
 
 
+# Entries of a configuration's `diffusion` section that choose how to predict, not what is trained:
+# find-best rewrites them in a trained model's plans.json, which must not make its folds "other plans".
+INFERENCE_DEFAULT_KEYS = ("start_step", "start_step_source")
+
+
 def plans_differences(saved: dict, current: dict, configuration: str) -> list[str]:
     """Dotted paths of what differs between two plans, for what shapes `configuration`'s models."""
     a, b = _model_relevant(saved, configuration), _model_relevant(current, configuration)
@@ -139,6 +144,9 @@ def _model_relevant(plans: dict, configuration: str) -> dict:
         resolved = {**configurations[name], **resolved}
         name = configurations[name].get("inherits_from")
     resolved.pop("inherits_from", None)
+    diffusion = resolved.get("diffusion")
+    if isinstance(diffusion, dict):  # inference defaults (find-best records them in the model's plans)
+        resolved["diffusion"] = {k: v for k, v in diffusion.items() if k not in INFERENCE_DEFAULT_KEYS}
     out[f"configurations.{configuration}"] = resolved if configuration in configurations else None
     return out
 

@@ -112,6 +112,7 @@ def train(dataset: str, configuration: str, fold: int | str, trainer: str = "bas
     if overwrite and continue_training:
         raise UserInputError("--overwrite starts a new run and --continue resumes one: give one of them")
     fold = _checked_fold(dataset, fold)
+    require_complete_preprocessing(dataset, configuration, plans_name)  # before the guard moves anything
     world = env.world_size if env is not None else num_processes
     if world > 1:  # before the guard below moves anything
         _check_distributed_launch(dataset, configuration, trainer, plans_name, world, device)
@@ -225,7 +226,6 @@ def _train_fold_here(dataset: str, configuration: str, fold: int | str, trainer:
     Returns:
         The fold's output folder.
     """
-    require_complete_preprocessing(dataset, configuration, plans_name)  # issue 15: interrupted preprocessing
     entry, trainer_obj = build_trainer(dataset, configuration, fold, trainer, plans_name, device, continue_training)
     fold_folder = Path(trainer_obj.output_folder)
     values = trainer_obj.config.to_dict()  # the trainer's defaults (its registry entry included)

@@ -35,8 +35,12 @@ def _plans(features=(8, 16)) -> dict:
 
 
 @pytest.fixture
-def fake(nnunet_dirs):
-    """A preprocessed dataset as far as the pre-training checks read it: plans, dataset.json, a 3-fold split."""
+def fake(nnunet_dirs, monkeypatch):
+    """A preprocessed dataset as far as the pre-training checks read it: plans, dataset.json, a 3-fold split.
+
+    It has no preprocessed images, so the completeness check of the data (tested in
+    tests/planning/test_preprocessing_state.py) is taken as passed here."""
+    monkeypatch.setattr("diffusion_nnunet.training.run.require_complete_preprocessing", lambda *args: None)
     pre = nnunet_dirs["nnUNet_preprocessed"] / FAKE_NAME
     pre.mkdir()
     (pre / "dnnunetPlans.json").write_text(json.dumps(_plans()))
@@ -180,6 +184,14 @@ def test_plans_differences_cover_the_configuration_and_top_level_only():
     inherited["configurations"]["base"] = inherited["configurations"].pop("2d")
     inherited["configurations"]["2d"] = {"inherits_from": "base"}
     assert fold_state.plans_differences(inherited, old, "2d") == []
+    # find-best's start step in the model's plans is an inference default, not other plans
+    chosen = _plans()
+    chosen["configurations"]["2d"]["diffusion"] = {"timesteps": 5, "start_step": 0, "start_step_source": "find-best"}
+    planned = _plans()
+    planned["configurations"]["2d"]["diffusion"] = {"timesteps": 5, "start_step": 1, "start_step_source": "planner"}
+    assert fold_state.plans_differences(chosen, planned, "2d") == []
+    planned["configurations"]["2d"]["diffusion"]["timesteps"] = 10
+    assert fold_state.plans_differences(chosen, planned, "2d") == ["configurations.2d.diffusion.timesteps: 5 -> 10"]
 
 
 def test_training_over_a_model_folder_of_other_plans_is_refused(fake, capsys):
