@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from diffusion_nnunet.errors import InvalidDataError, UserInputError
-from diffusion_nnunet.inference.output_folder import STAGING_PREFIX, check_creatable_folder, clean_stale_staging
+from diffusion_nnunet.inference.output_folder import STAGING_PREFIX, claim_output_folder
 from diffusion_nnunet.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def _merge_case_star(args) -> str:
 
 def ensemble_folders(input_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                      weights: Sequence[float] | None = None, save_probabilities: bool = False,
-                     num_processes: int = 1) -> list[str]:
+                     num_processes: int = 1, overwrite: bool = True) -> list[str]:
     """Average the class probabilities of several nnU-Net prediction folders and segment.
 
     Args:
@@ -292,6 +292,9 @@ def ensemble_folders(input_dirs: Sequence[str | os.PathLike], output_dir: str | 
         weights: one non-negative weight per folder (normalised to sum 1); None: equal weights.
         save_probabilities: also write the averaged probabilities (float32) in nnU-Net's format.
         num_processes: worker processes (1: in this process).
+        overwrite: replace an output folder that holds an earlier run's results, whole (it is put
+            back if this run fails); False refuses such a folder (see
+            `inference.output_folder.claim_output_folder`). A folder of other files is always refused.
 
     Returns:
         The case names written, sorted.
@@ -311,27 +314,29 @@ def ensemble_folders(input_dirs: Sequence[str | os.PathLike], output_dir: str | 
 
     # all or nothing: every case is written into a staging folder, moved into place when all succeeded
     created = not output_dir.exists()
-    check_creatable_folder(output_dir)
-    clean_stale_staging(output_dir)
-    staging = output_dir / f"{STAGING_PREFIX}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    settings = {"ensemble_of": [str(d.absolute()) for d in input_dirs], "weights": [float(x) for x in w],
+                "save_probabilities": bool(save_probabilities)}
     try:
-        jobs = [(c, input_dirs, w, staging, file_ending, rw_class, label_manager, save_probabilities) for c in cases]
-        if num_processes <= 1 or len(jobs) == 1:
-            written = [_merge_case_star(j) for j in jobs]
-        else:
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-                written = pool.map(_merge_case_star, jobs)
-        for name in _REQUIRED_JSON:
-            shutil.copyfile(input_dirs[0] / name, staging / name)
-        for produced in sorted(staging.iterdir()):
-            os.replace(produced, output_dir / produced.name)
+        with claim_output_folder(output_dir, settings, overwrite=overwrite):  # never beside an older run's cases
+            staging = output_dir / f"{STAGING_PREFIX}{os.getpid()}"
+            staging.mkdir()
+            try:
+                jobs = [(c, input_dirs, w, staging, file_ending, rw_class, label_manager, save_probabilities)
+                        for c in cases]
+                if num_processes <= 1 or len(jobs) == 1:
+                    written = [_merge_case_star(j) for j in jobs]
+                else:
+                    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                        written = pool.map(_merge_case_star, jobs)
+                for name in _REQUIRED_JSON:
+                    shutil.copyfile(input_dirs[0] / name, staging / name)
+                for produced in sorted(staging.iterdir()):
+                    os.replace(produced, output_dir / produced.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
-    shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d ensembled case(s) to %s", len(written), output_dir)
     return sorted(written)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -204,12 +205,33 @@ def test_corrupt_npz_payload_writes_nothing(tmp_path):
     with pytest.raises(InvalidDataError, match=r"case_b.npz"):
         ensemble_folders([a, b], out)
     assert not out.exists(), "case_a must not be written when case_b fails"
-    existing = tmp_path / "existing"
-    existing.mkdir()
-    (existing / "keep.txt").write_text("x")
+    existing = tmp_path / "existing"  # an earlier run's folder: replaced whole only if this run succeeds
+    shutil.copytree(a, existing)
+    (existing / "predict_args.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in existing.iterdir()}
     with pytest.raises(InvalidDataError, match=r"case_b.npz"):
         ensemble_folders([a, b], existing)
-    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+    assert {p.name: p.read_bytes() for p in existing.iterdir()} == before
+
+
+def test_an_output_folder_of_an_earlier_run_needs_overwrite(tmp_path, two_folders):
+    """Never a silent mix: an earlier ensemble's extra cases do not stay beside a new one's."""
+    a, b, _, _ = two_folders
+    out = tmp_path / "ens"
+    ensemble_folders([a, b], out)
+    (out / "extra_case.nii.gz").write_bytes(b"from an older run")
+    with pytest.raises(UserInputError, match="already holds the results"):
+        ensemble_folders([a, b], out, overwrite=False)
+    assert (out / "extra_case.nii.gz").is_file()
+    ensemble_folders([a, b], out, weights=[3, 1], overwrite=True)
+    assert not (out / "extra_case.nii.gz").exists()
+    assert json.loads((out / "predict_args.json").read_text())["weights"] == [0.75, 0.25]
+    other = tmp_path / "not_predictions"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(UserInputError, match="not a prediction folder"):
+        ensemble_folders([a, b], other)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
 
 def test_refuses_an_output_that_is_a_file_or_inside_an_input(tmp_path, two_folders):
