@@ -4,8 +4,9 @@ Fitted on validation cases (each with its case scores, `inference.case_scores`, 
 foreground-mean Dice). A case is *bad* when its Dice is at or below ``dice_level`` (default: the
 validation's 10th percentile). The criterion: **the highest recall of the bad cases when at most
 a share ``flag_rate`` (default 20 %) of the cases is flagged**. For each score the threshold is the
-score of the ``max(1, floor(flag_rate * n))``-th least certain validation case (flag when
-``score >= threshold``; a NaN score, e.g. nothing predicted, is always flagged). Ties in recall
+lowest that flags at most ``max(1, floor(flag_rate * n))`` validation cases (flag when
+``score >= threshold``; tied cases are flagged together or not at all; a NaN score, e.g.
+nothing predicted, counts as the least certain). Ties in recall
 go to the higher precision, then to the more negative Spearman correlation between score and
 Dice (the score that ranks all cases best, not only the few bad ones).
 
@@ -57,6 +58,17 @@ def flag_cases(scores: Mapping[str, Mapping], flag: Mapping) -> dict[str, bool]:
     return {c: _score(s.get(flag["score"])) >= float(flag["threshold"]) for c, s in scores.items()}
 
 
+def _threshold(s: np.ndarray, k: int) -> float:
+    """The lowest threshold that flags at most `k` cases (``s >= threshold``); ties are never split,
+    so a constant score flags nothing (its threshold lies above every value)."""
+    threshold = float(np.nextafter(s.max(), np.inf))
+    for value in np.unique(s)[::-1]:  # descending
+        if np.count_nonzero(s >= value) > k:
+            break
+        threshold = float(value)
+    return threshold
+
+
 def fit_review_flag(scores: Mapping[str, Mapping], dice: Mapping[str, float], dice_level: float | None = None,
                     flag_rate: float = 0.2, candidates=SCORES) -> dict:
     """The score and threshold that best flag the bad validation cases (criterion: module docstring).
@@ -89,7 +101,7 @@ def fit_review_flag(scores: Mapping[str, Mapping], dice: Mapping[str, float], di
     results = {}
     for name in candidates:
         s = np.array([_score(scores[c].get(name)) for c in cases])
-        threshold = float(np.sort(s)[::-1][k - 1])
+        threshold = _threshold(s, k)
         flagged = s >= threshold
         caught = int(np.count_nonzero(flagged & bad))
         results[name] = {"threshold": threshold, "recall": caught / max(1, int(bad.sum())),

@@ -44,6 +44,7 @@ def test_an_explicit_level_and_nan_scores(toy):
     flag = fit_review_flag(scores, dice, dice_level=0.53, flag_rate=0.1)
     assert flag["num_bad"] == 3 and flag["threshold"] == pytest.approx(0.18)
     assert flag["recall"] == pytest.approx(2 / 3)
+    assert flag["all"]["volume_cv"]["recall"] == 0.0  # a constant score: ties are not split, nothing flagged
     scores["c00"]["disagreement"] = math.nan  # nothing predicted: always flagged
     assert flag_cases(scores, flag)["c00"]
     assert math.isnan(spearman(scores, dice, "volume_cv"))  # a constant score ranks nothing
