@@ -9,6 +9,13 @@ def add_arguments(p):
     p.add_argument("-o", "--output", default=None, help="JSON output (default: PRED/evaluation.json)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes")
+    p.add_argument("--calibration", action="store_true",
+                   help="also the expected calibration error of the saved probabilities (PRED/CASE.npz), per class "
+                        "and overall, and a reliability diagram: PRED/calibration.json and PRED/reliability.png")
+    p.add_argument("--calibration-ensemble", nargs="+", default=None, metavar="FOLDER",
+                   help="with --calibration: average the probabilities of these further prediction folders with "
+                        "PRED's first (e.g. nnU-Net's folds predicted one by one)")
+    p.add_argument("--calibration-bins", type=int, default=15, help="confidence bins of the ECE (default 15)")
 
 
 def run(args):
@@ -25,4 +32,11 @@ def run(args):
     write_evaluation(result, output)
     print(format_table(result))
     print(f"written: {output}")
+    if args.calibration:
+        from diffusion_nnunet.calibration import calibration_summary, run_calibration
+
+        calibration = run_calibration(args.reference, [args.prediction] + (args.calibration_ensemble or []),
+                                      dataset_json, output.parent, args.calibration_bins)
+        print(calibration_summary(calibration))
+        print(f"written: {output.parent / 'calibration.json'}, {output.parent / 'reliability.png'}")
     return 0
