@@ -44,6 +44,12 @@ SCORES = ("disagreement", "entropy_boundary", "entropy_foreground", "volume_cv")
 DEFAULT_SORT = "disagreement"
 
 
+def class_names(dataset_json: Mapping) -> list[str]:
+    """The output channels' names in channel order (integer labels of dataset.json, ``ignore`` left out)."""
+    labels = {n: v for n, v in dataset_json["labels"].items() if isinstance(v, int) and n != "ignore"}
+    return [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+
+
 def _entropy(probs: np.ndarray) -> np.ndarray:
     """Entropy over axis 0 in nats, with 0 log 0 = 0."""
     p = np.clip(probs, 0.0, 1.0)
@@ -181,9 +187,9 @@ def case_scores_from_folders(folders: Sequence[str | Path], class_names: Sequenc
     import json
 
     folders = [Path(f) for f in folders]
-    if class_names is None and (folders[0] / "dataset.json").is_file():
-        labels = json.loads((folders[0] / "dataset.json").read_text())["labels"]
-        class_names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if isinstance(v, int)]
+    names = class_names
+    if names is None and (folders[0] / "dataset.json").is_file():
+        names = globals()["class_names"](json.loads((folders[0] / "dataset.json").read_text()))
     cases = sorted(p.name[:-4] for p in folders[0].glob("*.npz")) if cases is None else list(cases)
     out = {}
     for case in cases:
@@ -191,7 +197,7 @@ def case_scores_from_folders(folders: Sequence[str | Path], class_names: Sequenc
         shapes = {p.shape for p, _ in loaded}
         if len(shapes) != 1:
             raise InvalidDataError(folders[0] / f"{case}.npz", f"probability shapes differ between folders: {shapes}")
-        out[case] = case_scores(np.stack([p for p, _ in loaded]), loaded[0][1], class_names, band_width=band_width)
+        out[case] = case_scores(np.stack([p for p, _ in loaded]), loaded[0][1], names, band_width=band_width)
     return out
 
 
