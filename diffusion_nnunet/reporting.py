@@ -333,3 +333,96 @@ def results_table_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 
     lines = [line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in body]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# the review list as pictures
+
+
+def _slice_for_sheet(image: np.ndarray, seg: np.ndarray, entropy: np.ndarray):
+    """2D panels of one case: 3D volumes show the slice with the most predicted foreground."""
+    image, seg, entropy = (np.squeeze(np.asarray(a)) for a in (image, seg, entropy))
+    if not image.shape == seg.shape == entropy.shape:
+        raise UserInputError(f"image {image.shape}, prediction {seg.shape} and entropy {entropy.shape} differ")
+    if image.ndim == 3:
+        z = most_foreground_slice([seg])
+        return image[z], seg[z], entropy[z], z
+    return image, seg, entropy, None
+
+
+@default_style
+def uncertainty_contact_sheet(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, str]],
+                              output_png: str | os.PathLike, max_cases: int = 16,
+                              title: str | None = None) -> Path:
+    """One row per case, in the given order (least certain first): image, prediction, entropy.
+
+    Args:
+        cases: ``(case, image, prediction, entropy map, caption)`` per case, 2D or 3D arrays of one
+            shape (3D: the slice with the most predicted foreground); the caption (e.g. the score)
+            is shown beside the case name. The entropy colour scale is shared by all rows.
+        output_png: destination PNG (written atomically).
+        max_cases: at most this many rows (the first ones).
+        title: figure title.
+
+    Raises:
+        UserInputError: no cases, max_cases < 1 or mismatching shapes.
+    """
+    from matplotlib.figure import Figure
+
+    if not cases:
+        raise UserInputError("no cases for the contact sheet")
+    if max_cases < 1:
+        raise UserInputError(f"max_cases must be >= 1, got {max_cases}")
+    rows = []
+    for case, image, seg, entropy, caption in cases[:max_cases]:
+        image, seg, entropy, z = _slice_for_sheet(image, seg, entropy)
+        rows.append((case if z is None else f"{case} (slice {z})", image, np.rint(seg).astype(np.int64),
+                     entropy, caption))
+    colours = _label_colours(max([1] + [int(r[2].max()) for r in rows]))
+    vmax = max([float(np.nanmax(r[3])) for r in rows] + [1e-6])
+    fig = Figure(figsize=(2.2 * 3, 2.2 * len(rows) + 0.4), dpi=100, layout="constrained")
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for r, (case, image, seg, entropy, caption) in enumerate(rows):
+        _draw_image(axes[r, 0], image)
+        axes[r, 0].set_ylabel(f"{r + 1}. {case}\n{caption}", fontsize=8)
+        _draw_overlay(axes[r, 1], image, seg, colours)
+        im = axes[r, 2].imshow(entropy, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+        axes[r, 2].set_xticks([])
+        axes[r, 2].set_yticks([])
+    for c, name in enumerate(("image", "prediction", "entropy (nats)")):
+        axes[0, c].set_title(name)
+    fig.colorbar(im, ax=axes[:, 2], fraction=0.05, shrink=min(1.0, 3.0 / len(rows)))
+    fig.suptitle(title or f"least certain first ({len(rows)} of {len(cases)} cases)")
+    return _save_png(fig, output_png)
+
+
+def contact_sheet_from_folder(prediction_dir: str | os.PathLike, image_for_case, order: Sequence[str],
+                              captions: Mapping[str, str], output_png: str | os.PathLike, max_cases: int = 16,
+                              file_ending: str = ".nii.gz") -> Path:
+    """`uncertainty_contact_sheet` from a prediction folder: CASE.nii.gz and uncertainty/CASE_entropy.
+
+    Args:
+        prediction_dir: the prediction folder (segmentations, uncertainty/ maps).
+        image_for_case: callable case -> the case's first image file.
+        order: cases, least certain first.
+        captions: case -> caption (e.g. ``disagreement 0.12``).
+        output_png: destination.
+        max_cases: at most this many rows.
+        file_ending: segmentation file ending.
+
+    Raises:
+        InvalidDataError: a segmentation or entropy map is missing.
+    """
+    folder = Path(prediction_dir)
+    cases = []
+    for case in order[:max_cases]:
+        seg_file = folder / f"{case}{file_ending}"
+        entropy_file = folder / "uncertainty" / f"{case}_entropy{file_ending}"
+        for f in (seg_file, entropy_file):
+            if not f.is_file():
+                raise InvalidDataError(f, "missing (the contact sheet needs the prediction and its entropy map)")
+        image, _ = _read_volume(Path(image_for_case(case)))
+        seg, _ = _read_volume(seg_file)
+        entropy, _ = _read_volume(entropy_file)
+        cases.append((case, image, seg, entropy, captions.get(case, "")))
+    return uncertainty_contact_sheet(cases, output_png, max_cases, title=f"{folder.name}: least certain first")
