@@ -70,7 +70,7 @@ def _threshold(s: np.ndarray, k: int) -> float:
 
 
 def fit_review_flag(scores: Mapping[str, Mapping], dice: Mapping[str, float], dice_level: float | None = None,
-                    flag_rate: float = 0.2, candidates=SCORES) -> dict:
+                    flag_rate: float = 0.2, candidates=SCORES, min_cases: int = 5) -> dict:
     """The score and threshold that best flag the bad validation cases (criterion: module docstring).
 
     Args:
@@ -79,6 +79,7 @@ def fit_review_flag(scores: Mapping[str, Mapping], dice: Mapping[str, float], di
         dice_level: a case is bad when its Dice <= this; None: the 10th percentile of `dice`.
         flag_rate: the largest share of cases to flag (0 < rate < 1).
         candidates: score names to choose from.
+        min_cases: fewer validation cases (with score and Dice) than this are refused.
 
     Returns:
         ``{"score", "threshold", "dice_level", "flag_rate", "recall", "precision", "spearman",
@@ -86,14 +87,14 @@ def fit_review_flag(scores: Mapping[str, Mapping], dice: Mapping[str, float], di
         "spearman"}}}``; recall/precision are on the validation cases themselves.
 
     Raises:
-        UserInputError: a bad rate, or fewer than 5 validation cases with both score and Dice.
+        UserInputError: a bad rate, or fewer than `min_cases` validation cases with score and Dice.
     """
     if not 0.0 < flag_rate < 1.0:
         raise UserInputError(f"flag rate must be between 0 and 1, got {flag_rate}")
     cases = sorted(c for c in dice if c in scores and np.isfinite(dice[c]))
-    if len(cases) < 5:
-        raise UserInputError(f"fitting a review flag needs at least 5 validation cases with scores and Dice, "
-                             f"got {len(cases)}")
+    if len(cases) < min_cases:
+        raise UserInputError(f"fitting a review flag needs at least {min_cases} validation cases with scores and "
+                             f"Dice, got {len(cases)} (use more folds)")
     values = np.array([dice[c] for c in cases], float)
     level = float(np.percentile(values, 10)) if dice_level is None else float(dice_level)
     bad = values <= level
