@@ -132,8 +132,7 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
     diffusion.check_cases(cases)
     shared = same_preprocessing(nnunet, diffusion)
     # the arguments files the disk path writes (predict_folder)
-    common = {"input": str(input_dir), "save_probabilities": True, "checkpoint": "checkpoint_final.pth",
-              "use_mirroring": use_mirroring, "tile_step_size": 0.5}
+    common = {"checkpoint": "checkpoint_final.pth", "use_mirroring": use_mirroring, "tile_step_size": 0.5}
     options = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                for k, v in diffusion_options.items() if v is not None}
     for name, predictor, model, folds, diffusion_args in (
@@ -142,11 +141,13 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
         folders[name].mkdir(parents=True, exist_ok=True)
         write_json(predictor.dataset_json, folders[name] / "dataset.json")
         write_json(predictor.plans_manager.plans, folders[name] / "plans.json")
-        write_json({**common, "model": str(model), "folds": folds,
+        write_json({"input": str(input_dir), "save_probabilities": True, "model": str(model), "folds": folds, **common,
                     "diffusion": {k: v for k, v in diffusion_args.items() if v is not None}},
                    folders[name] / "predict_args.json")
     label_manager = diffusion.plans_manager.get_label_manager(diffusion.dataset_json)
     staging = {name: folders[name] / f".partial-{os.getpid()}" for name in ("nnunet", "pd_ddpm")}
+    for folder in staging.values():
+        folder.mkdir(exist_ok=True)
     preprocessors = {p: p.configuration_manager.preprocessor_class(verbose=False) for p in (nnunet, diffusion)}
     logger.info("predicting %d case(s): nnU-Net, PD-DDPM and their ensemble per case%s", len(cases),
                 " (one preprocessing)" if shared else "")
