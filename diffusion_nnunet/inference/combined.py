@@ -21,7 +21,11 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.inference.predictor import DnnPredictor, load_predictor, predict_folder
+from diffusion_nnunet.inference.predictor import (
+    DnnPredictor,
+    load_predictor,
+    predict_folder,
+)
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.validate import validate_prediction_inputs
@@ -203,6 +207,5 @@ def _write_ensemble_case(case: str, probabilities: list[np.ndarray], weights: np
         reader_writer_class().write_seg(seg, str(tmp), properties)
     with atomic_path(folder / f"{case}.npz", suffix=".npz") as tmp:
         np.savez_compressed(tmp, probabilities=avg)
-    with atomic_path(folder / f"{case}.pkl", suffix=".pkl") as tmp:
-        with open(tmp, "wb") as f:
-            pickle.dump(properties, f)
+    with atomic_path(folder / f"{case}.pkl", suffix=".pkl") as tmp, open(tmp, "wb") as f:
+        pickle.dump(properties, f)

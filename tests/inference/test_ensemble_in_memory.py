@@ -20,7 +20,7 @@ def _files(folder):
 
 def test_in_memory_predict_ensemble_writes_the_files_of_the_disk_path(env, recycle_model, tmp_path):
     raw, model = env["raw"], env["model"]
-    kwargs = dict(start_step=1, num_samples=2, seed=5, device=torch.device("cpu"), use_mirroring=True)
+    kwargs = {"start_step": 1, "num_samples": 2, "seed": 5, "device": torch.device("cpu"), "use_mirroring": True}
     disk = predict_with_ensemble(model, recycle_model, raw / "imagesTs", tmp_path / "disk", in_memory=False, **kwargs)
     memory = predict_with_ensemble(model, recycle_model, raw / "imagesTs", tmp_path / "memory", **kwargs)
     for name in ("nnunet", "pd_ddpm", "ensemble"):

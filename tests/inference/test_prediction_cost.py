@@ -11,7 +11,10 @@ from diffusion_nnunet.diffusion.sampling import sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.uncertainty import predictive_entropy
-from tests.inference.tiny_predictors import tiny_diffusion_predictor, tiny_nnunet_predictor
+from tests.inference.tiny_predictors import (
+    tiny_diffusion_predictor,
+    tiny_nnunet_predictor,
+)
 
 
 def _image(*spatial, seed=1):
@@ -152,7 +155,7 @@ def test_one_generator_per_batch_element_matches_separate_runs():
     def denoise(m, t):
         return 5 * (2 * m - 1) + t.reshape(-1, 1, 1, 1)
 
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (7, 8, 9)]  # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (7, 8, 9)]
     together = sample(denoise, x0.shape, schedule, "ddpm", start_step=2, x0_start=x0, generator=gens())
     for b, g in enumerate(gens()):
         alone = sample(denoise, (1, 3, 8, 8), schedule, "ddpm", start_step=2, x0_start=x0[b:b + 1], generator=g)
