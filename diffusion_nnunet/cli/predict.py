@@ -14,12 +14,18 @@ def add_arguments(p):
     p.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (faster)")
     p.add_argument("-step", "--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
     p.add_argument("--continue-prediction", action="store_true", help="keep cases already predicted")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     g = p.add_argument_group("diffusion models")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="reverse process (default: ddpm)")
     g.add_argument("--steps", type=int, default=None, help="reverse steps (default: all steps of training)")
     g.add_argument("--num-samples", type=int, default=None,
-                   help="samples averaged per case (default 1); above 1, uncertainty maps are written to "
-                        "OUT/uncertainty/ (entropy, variance, mutual information)")
+                   help="samples averaged per case (default: one per mirror variant, 4 in 2D and 8 in 3D, "
+                        "1 with --disable-tta); above 1, uncertainty maps are written to OUT/uncertainty/ "
+                        "(entropy, variance, mutual information)")
+    g.add_argument("--sample-mirroring", choices=["cycle", "product"], default=None,
+                   help="cycle (default): sample i runs on mirror variant i mod M, the samples are the "
+                        "test-time augmentation; product: every sample on every variant (M times the cost)")
     g.add_argument("--seed", type=int, default=None, help="seed of the sampler's noise (default 0)")
     g.add_argument("--save-every-step", action="store_true",
                    help="also write each step's prediction and probabilities to OUT/steps/step_KK/")
@@ -56,7 +62,8 @@ def run(args):
     diffusion = {"sampler": args.sampler, "num_steps": args.steps, "num_samples": args.num_samples,
                  "seed": args.seed, "save_every_step": args.save_every_step or None,
                  "presegmenter": args.presegmenter, "presegmentation": args.presegmentation,
-                 "start_step": args.start_step, "soft_start": args.soft_start or None}
+                 "start_step": args.start_step, "soft_start": args.soft_start or None,
+                 "sample_mirroring": args.sample_mirroring, "tile_batch": args.tile_batch}
     if args.overview_png:
         images = Path(args.input)
         diffusion["overview_png_for"] = lambda case: next(images.glob(f"{case}_0000.*"))
