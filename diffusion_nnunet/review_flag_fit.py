@@ -21,7 +21,7 @@ from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
 from diffusion_nnunet.find_best import _link_files, validation_cases
-from diffusion_nnunet.inference.review_list import read_case_scores
+from diffusion_nnunet.inference.review_list import is_diffusion_model, read_case_scores
 from diffusion_nnunet.review_flag import fit_review_flag, write_review_flag
 from planning.validate import find_dataset_folder
 
@@ -35,18 +35,6 @@ def case_dice(per_case: list[dict]) -> dict[str, float]:
         values = [m["Dice"] for m in row["metrics"].values() if np.isfinite(m["Dice"])]
         out[row["case"]] = float(np.mean(values)) if values else float("nan")
     return out
-
-
-def _is_diffusion(model: Path) -> bool:
-    from diffusion_nnunet.inference.predictor import trainer_class_for
-    from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
-
-    first = next(iter(sorted(model.glob("fold_*/checkpoint_final.pth"))), None)
-    if first is None:
-        raise UserInputError(f"no fold_*/checkpoint_final.pth in {model}")
-    trainer = torch.load(first, map_location="cpu", weights_only=False)["trainer_name"]
-    cls = trainer_class_for(trainer)
-    return isinstance(cls, type) and issubclass(cls, DnnDiffusionTrainer)
 
 
 def fit_review_flag_on_validation(model: str | Path, folds: list[int] = (0,), num_samples: int = 5, seed: int = 0,
@@ -79,7 +67,7 @@ def fit_review_flag_on_validation(model: str | Path, folds: list[int] = (0,), nu
     from diffusion_nnunet.inference.predictor import predict_folder
 
     model = Path(model)
-    diffusion = _is_diffusion(model)
+    diffusion = is_diffusion_model(model)
     if diffusion and num_samples < 2:
         raise UserInputError("a diffusion model's case scores need --num-samples of at least 2")
     dataset_json = json.loads((model / "dataset.json").read_text())
@@ -97,7 +85,7 @@ def fit_review_flag_on_validation(model: str | Path, folds: list[int] = (0,), nu
         out = work / f"fold_{fold}" / "prediction"
         logger.info("fit-review-flag fold %d: %d validation cases", fold, len(cases))
         if diffusion:
-            options = {"num_samples": num_samples, "seed": seed, "start_step": start_step}
+            options = {"num_samples": num_samples, "seed": seed, "start_step": start_step, "keep_samples": True}
             if presegmenter is not None:
                 options["presegmenter"] = str(presegmenter)
             predict_folder(model, inputs, out, folds=[fold], device=device, use_mirroring=use_mirroring,

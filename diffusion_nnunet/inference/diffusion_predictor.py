@@ -67,7 +67,8 @@ class DiffusionPredictor(DnnPredictor):
         sample_mirroring: "cycle" (sample i on mirror variant i mod M) or "product" (every sample
             on every variant, N x M runs); see the module docstring. No effect without mirroring.
         keep_samples: keep the per-run probabilities of the last predicted case in
-            `last_samples` (see Attributes).
+            `last_samples` (see Attributes); with more than one run, `export_case` also writes the
+            case's scores to OUT/uncertainty/CASE_scores.json (`inference.review_list`).
         keep_steps: record the probabilities after every step (see module docstring).
         seed: seeds the sampler's noise at the start of every image (reproducible predictions).
         save_every_step: `export_case` also writes every step's prediction and probabilities to
@@ -285,6 +286,12 @@ class DiffusionPredictor(DnnPredictor):
         probabilities = super().export_case(logits, properties, output_truncated, save_probabilities)
         if self.uncertainty:
             self._export_uncertainty(logits, properties, Path(output_truncated))
+        if self.keep_samples and self.last_samples is not None and len(self.last_samples) > 1:
+            # the case's scores for the review list (OUT/uncertainty/cases.csv, inference/review_list.py)
+            from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score
+
+            write_case_score(output_truncated, predictor_case_scores(self.last_samples, logits, properties,
+                                                                     self.configuration_manager, self.dataset_json))
         if not self.save_every_step:
             return probabilities
         out = Path(output_truncated)

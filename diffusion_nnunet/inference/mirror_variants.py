@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_nnunet.inference.case_scores import case_scores, class_names
 from diffusion_nnunet.inference.predictor import DnnPredictor, run_prediction
-from diffusion_nnunet.inference.review_list import write_case_score, write_review_list
+from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score, write_review_list
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
@@ -83,19 +82,16 @@ class MirrorVariantPredictor(DnnPredictor):
         return torch.cat(outputs, 1)
 
     def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
-                    save_probabilities: bool) -> None:
-        super().export_case(logits, properties, output_truncated, save_probabilities)
+                    save_probabilities: bool):
+        probabilities = super().export_case(logits, properties, output_truncated, save_probabilities)
         if not self.write_scores:
-            return
-        samples = self.last_variant_probabilities.numpy()
-        spacing = list(self.configuration_manager.spacing)
-        if len(spacing) < samples.ndim - 2:  # 2D: the preprocessed data keep a singleton first axis
-            spacing = [float(properties["spacing"][0])] + spacing
-        scores = case_scores(samples, spacing, class_names(self.dataset_json),
-                             mean_probs=torch.softmax(logits.float(), 0).numpy())
+            return probabilities
+        scores = predictor_case_scores(self.last_variant_probabilities, logits, properties,
+                                       self.configuration_manager, self.dataset_json)
         write_case_score(output_truncated, scores)
-        logger.debug("%s: %d mirror variants, disagreement %.4f", Path(output_truncated).name, len(samples),
-                     scores["disagreement"])
+        logger.debug("%s: %d mirror variants, disagreement %.4f", Path(output_truncated).name,
+                     scores["num_samples"], scores["disagreement"])
+        return probabilities
 
 
 def predict_mirror_variants(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,

@@ -24,6 +24,25 @@ logger = logging.getLogger(__name__)
 SCORE_SUFFIX = "_scores.json"
 
 
+def is_diffusion_model(model_dir: str | Path) -> bool:
+    """Whether a model folder's checkpoint was trained by one of our diffusion trainers.
+
+    Raises:
+        UserInputError: no fold_*/checkpoint_final.pth (or an unknown trainer).
+    """
+    import torch
+
+    from diffusion_nnunet.errors import UserInputError
+    from diffusion_nnunet.inference.predictor import trainer_class_for
+    from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+
+    first = next(iter(sorted(Path(model_dir).glob("fold_*/checkpoint_*.pth"))), None)
+    if first is None:
+        raise UserInputError(f"no fold_*/checkpoint_*.pth in {model_dir}: is this a trained model folder?")
+    cls = trainer_class_for(torch.load(first, map_location="cpu", weights_only=False)["trainer_name"])
+    return isinstance(cls, type) and issubclass(cls, DnnDiffusionTrainer)
+
+
 def case_score_file(output_dir: str | Path, case: str) -> Path:
     """Where one case's scores live: ``OUT/uncertainty/CASE_scores.json``."""
     return Path(output_dir) / "uncertainty" / f"{case}{SCORE_SUFFIX}"
@@ -40,6 +59,29 @@ def write_case_score(output_truncated: str | Path, scores: Mapping) -> Path:
     path = case_score_file(out.parent, out.name)
     write_json(to_jsonable(scores), path)
     return path
+
+
+def predictor_case_scores(samples, logits, properties: dict, configuration_manager, dataset_json: dict) -> dict:
+    """Case scores from a predictor's per-run probabilities in the preprocessed geometry.
+
+    Args:
+        samples: ``(R, C, *preprocessed)`` probabilities (diffusion samples, mirror variants).
+        logits: the case's prediction (C, *preprocessed); its softmax is the mean the scores use.
+        properties: the case's preprocessing properties (the 2D slice spacing comes from them).
+        configuration_manager: the configuration (its spacing is the preprocessed voxel size).
+        dataset_json: for the class names.
+    """
+    import numpy as np
+    import torch
+
+    from diffusion_nnunet.inference.case_scores import case_scores, class_names
+
+    samples = samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
+    spacing = [float(s) for s in configuration_manager.spacing]
+    if len(spacing) < samples.ndim - 2:  # 2D: the preprocessed data keep a singleton first axis
+        spacing = [float(properties["spacing"][0])] + spacing
+    mean = torch.softmax(logits.detach().float().cpu(), 0).numpy()
+    return case_scores(samples, spacing, class_names(dataset_json), mean_probs=mean)
 
 
 def read_case_scores(output_dir: str | Path, cases: Sequence[str] | None = None) -> dict[str, dict]:
@@ -93,4 +135,40 @@ def write_review_list(output_dir: str | Path, model_dir: str | Path | None = Non
     else:
         marked = None
         logger.info("no review flag fitted for this model (dnnunet fit-review-flag): no case flagged")
-    return {"order": order, "sorted_by": sort_by, "flagged": marked, "review_flag": flag}
+    return {"order": order, "sorted_by": sort_by, "flagged": marked, "review_flag": flag,
+            "scores": {c: scores[c][sort_by] for c in order}}
+
+
+def input_cases(input_dir: str | Path, file_ending: str) -> list[str]:
+    """The case ids of a folder of nnU-Net images (``CASE_0000<file_ending>``)."""
+    suffix = f"_0000{file_ending}"
+    return sorted(p.name[:-len(suffix)] for p in Path(input_dir).glob(f"*{suffix}"))
+
+
+def finish_prediction(input_dir: str | Path, output_dir: str | Path, model_dir: str | Path,
+                      overview: bool = False, max_sheet_cases: int = 16) -> dict | None:
+    """After `predict`: the review list (and with `overview` the contact sheet) when the cases have scores.
+
+    Cases of `input_dir` without a score file (a prediction with one sample, an nnU-Net model)
+    mean there is no review list: returns None.
+
+    Returns:
+        `write_review_list`'s result plus ``"contact_sheet"`` (its path, or None).
+    """
+    output_dir = Path(output_dir)
+    ending = json.loads((output_dir / "dataset.json").read_text())["file_ending"]
+    cases = input_cases(input_dir, ending)
+    if not cases or not all(case_score_file(output_dir, c).is_file() for c in cases):
+        return None
+    result = write_review_list(output_dir, model_dir, cases)
+    result["contact_sheet"] = None
+    if overview:
+        from diffusion_nnunet.reporting import contact_sheet_from_folder
+
+        sort_by = result["sorted_by"]
+        captions = {c: f"{sort_by} {v:.3g}" + (" FLAGGED" if result["flagged"] and c in result["flagged"] else "")
+                    for c, v in result["scores"].items()}
+        result["contact_sheet"] = contact_sheet_from_folder(
+            output_dir, lambda case: Path(input_dir) / f"{case}_0000{ending}", result["order"], captions,
+            output_dir / "uncertainty" / "contact_sheet.png", max_sheet_cases, ending)
+    return result
