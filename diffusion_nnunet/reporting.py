@@ -196,8 +196,9 @@ def most_foreground_slice(segmentations: Sequence[np.ndarray]) -> int:
 def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
                       prediction_dirs: Mapping[str, str | os.PathLike],
                       reference_dir: str | os.PathLike | None, output_png: str | os.PathLike,
-                      max_cases: int = 4, file_ending: str = ".nii.gz") -> Path:
-    """A grid of overlays: one row per case; columns image, reference, each prediction folder.
+                      max_cases: int = 4, file_ending: str = ".nii.gz",
+                      map_dirs: Mapping[str, tuple[str | os.PathLike, str]] | None = None) -> Path:
+    """A grid of overlays: one row per case; columns image, reference, each prediction folder, maps.
 
     For 3D images the axial slice (first numpy axis) with the most reference foreground is
     shown (without reference: the most foreground of the first prediction; else the middle).
@@ -210,6 +211,9 @@ def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, st
         output_png: destination PNG (written atomically).
         max_cases: at most this many cases (the first ones, in the given order).
         file_ending: file ending of images and segmentations.
+        map_dirs: column title -> (folder, suffix) of continuous maps ``<case><suffix><file_ending>``
+            (e.g. PD-DDPM's entropy: ``(OUT/uncertainty, "_entropy")``), drawn after the label
+            columns with one colour scale per column.
 
     Returns:
         The PNG path.
@@ -233,11 +237,19 @@ def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, st
         columns.append(("reference", Path(reference_dir)))
     columns += [(str(k), Path(v)) for k, v in prediction_dirs.items()]
 
+    maps = [(str(k), Path(v[0]), v[1]) for k, v in (map_dirs or {}).items()]
     rows = []
     max_label = 1
     for case, image_file in cases:
         image, spacing = _read_volume(image_file)
-        segs = []
+        segs, extra = [], []
+        for col, folder, suffix in maps:
+            f = folder / f"{case}{suffix}{file_ending}"
+            if not f.is_file():
+                raise InvalidDataError(f, f"missing: no {col} map for case {case}")
+            extra.append(_read_volume(f)[0].astype(float))
+            if extra[-1].shape != image.shape:
+                raise InvalidDataError(f, f"shape {extra[-1].shape} differs from the image's {image.shape}")
         for col, folder in columns:
             f = folder / f"{case}{file_ending}"
             if not f.is_file():
@@ -248,19 +260,27 @@ def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, st
             segs.append(np.rint(seg).astype(np.int64))
         if image.ndim == 3:
             z = most_foreground_slice(segs) if segs else image.shape[0] // 2
-            image, segs, spacing = image[z], [s[z] for s in segs], spacing[1:]
+            image, segs, extra, spacing = image[z], [s[z] for s in segs], [m[z] for m in extra], spacing[1:]
             case = f"{case} (slice {z})"
         max_label = max([max_label] + [int(s.max()) for s in segs])
-        rows.append((case, image, segs, spacing[0] / spacing[1]))
+        rows.append((case, image, segs, extra, spacing[0] / spacing[1]))
 
     colours = _label_colours(max_label)
-    fig, axes = _new_figure(len(rows), 1 + len(columns))
-    for r, (case, image, segs, aspect) in enumerate(rows):
+    vmax = [max([float(np.nanmax(r[3][m])) for r in rows] + [1e-6]) for m in range(len(maps))]
+    fig, axes = _new_figure(len(rows), 1 + len(columns) + len(maps))
+    for r, (case, image, segs, extra, aspect) in enumerate(rows):
         _draw_image(axes[r, 0], image, aspect)
         axes[r, 0].set_ylabel(case)
         for c, seg in enumerate(segs, start=1):
             _draw_overlay(axes[r, c], image, seg, colours, aspect)
-    for c, name in enumerate(["image"] + [n for n, _ in columns]):
+        for m, values in enumerate(extra):
+            ax = axes[r, 1 + len(columns) + m]
+            im = ax.imshow(values, cmap="magma", vmin=0.0, vmax=vmax[m], interpolation="nearest", aspect=aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == len(rows) - 1:
+                fig.colorbar(im, ax=axes[:, 1 + len(columns) + m], fraction=0.05, shrink=0.6)
+    for c, name in enumerate(["image"] + [n for n, _ in columns] + [n for n, _, _ in maps]):
         axes[0, c].set_title(name)
     return _save_png(fig, output_png)
 

@@ -156,3 +156,19 @@ def test_uncertainty_contact_sheet_has_one_row_per_case(tmp_path):
     with pytest.raises(UserInputError, match="differ"):
         uncertainty_contact_sheet([("bad", np.zeros((4, 4)), np.zeros((5, 5)), np.zeros((4, 4)), "")],
                                   tmp_path / "bad.png")
+
+
+def test_overlay_cases_with_an_entropy_column(tmp_path):
+    files = make_cases(tmp_path, 2)
+    for case in ("case0", "case1"):
+        ref = sitk.ReadImage(str(tmp_path / "labels" / f"{case}.nii.gz"))
+        entropy = np.random.default_rng(0).random(sitk.GetArrayFromImage(ref).shape).astype(np.float32)
+        write(tmp_path / "unc" / f"{case}_entropy.nii.gz", entropy, ref.GetSpacing())
+    preds = {"model A": tmp_path / "predA"}
+    png = overlay_cases_png(files, preds, tmp_path / "labels", tmp_path / "maps.png",
+                            map_dirs={"entropy": (tmp_path / "unc", "_entropy")})
+    assert png_size(png) == (4 * PX, 2 * PX)  # image, reference, prediction, entropy
+    (tmp_path / "unc" / "case1_entropy.nii.gz").unlink()
+    with pytest.raises(InvalidDataError, match="no entropy map for case case1"):
+        overlay_cases_png(files, preds, tmp_path / "labels", tmp_path / "y.png",
+                          map_dirs={"entropy": (tmp_path / "unc", "_entropy")})

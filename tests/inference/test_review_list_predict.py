@@ -32,7 +32,8 @@ def test_predict_writes_the_review_list_and_marks_flagged_cases(env, recycle_mod
     assert all(r["num_samples"] == "3" and r["volume_unit"] == "mm2" for r in rows)
     assert (tmp_path / "a" / "uncertainty" / "contact_sheet.png").stat().st_size > 1000
     # a fitted flag in the model's inference defaults: predict marks the cases and says how many
-    threshold = sorted(float(r["entropy_boundary"]) for r in rows)[-2]  # the two least certain
+    exact = json.loads((tmp_path / "a" / "uncertainty" / "cases.json").read_text())["cases"]
+    threshold = sorted(c["entropy_boundary"] for c in exact)[-2]  # flag the two least certain (score >= it)
     defaults = recycle_model / "inference_defaults.json"
     defaults.write_text(json.dumps({"review_flag": {"score": "entropy_boundary", "threshold": threshold}}))
     try:
