@@ -13,10 +13,9 @@ training cases are identical to the zoo's; the script checks the first ones). Pe
   case scores (`inference.mirror_variants`);
 - nnU-Net 5-fold ensemble: folds 0-4 predicted one by one; the folds are the samples, their mean
   the prediction (only when all five folds are trained);
-- recycle, N samples: full sampling (T steps) with seeds 0..N-1, no mirroring; the samples'
-  mean is the prediction;
-- PD-DDPM, N samples: recycle started from nnU-Net fold 0's probabilities at the plans' start
-  step, seeds 0..N-1.
+- recycle, N samples: full sampling (T steps), one `predict` run with N samples (seed 0, no
+  mirroring), its case scores from the samples (`keep_samples`); the samples' mean is the prediction;
+- PD-DDPM, N samples: the same, started from nnU-Net fold 0's probabilities at the plans' start step.
 
 For each method: the true Dice per case (foreground mean, of the method's own prediction),
 Spearman(score, Dice) for every case score, the share of the worst 10 % of cases (by Dice) among
@@ -142,17 +141,15 @@ def run_dataset(dataset_id: int, zoo: Path, raw_root: Path, work: Path, num_samp
 
     if (recycle / "fold_0" / "checkpoint_final.pth").is_file():
         for tag, extra in (("recycle", {}), ("pd_ddpm", {"presegmentation": str(f0)})):
-            seeds = [out / f"{tag}_s{s}" for s in range(num_samples)]
-            for s, d in enumerate(seeds):
-                if len(list(d.glob("*.npz"))) < len(difficulty):
-                    timed(tag, lambda: predict_folder(recycle, images, d, folds=[0], save_probabilities=True,
-                                                      use_mirroring=False,
-                                                      diffusion_options={"seed": s, "num_samples": 1, **extra}))
-            merged = out / f"{tag}_mean"
-            ensemble_folders(seeds, merged, save_probabilities=False)
+            d = out / f"{tag}_n{num_samples}"
+            if len(list((d / "uncertainty").glob("*_scores.json"))) < len(difficulty):
+                timed(tag, lambda: predict_folder(recycle, images, d, folds=[0], save_probabilities=True,
+                                                  use_mirroring=False,
+                                                  diffusion_options={"seed": 0, "num_samples": num_samples,
+                                                                     "keep_samples": True, **extra}))
             label = f"recycle, {num_samples} samples" if tag == "recycle" else f"PD-DDPM, {num_samples} samples"
-            methods.append(_method_stats(label, case_scores_from_folders(seeds), _case_dice(labels, merged, dataset_json),
-                                         evaluate_calibration(labels, seeds), timing.get(tag, math.nan)))
+            methods.append(_method_stats(label, read_case_scores(d), _case_dice(labels, d, dataset_json),
+                                         evaluate_calibration(labels, [d]), timing.get(tag, math.nan)))
     else:
         logger.warning("%s: recycle fold 0 is not trained; diffusion methods missing", raw.name)
 
