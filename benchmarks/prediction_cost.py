@@ -71,7 +71,8 @@ def _run(spec: dict, code: Path, env: dict) -> dict:
 def _dice(labels: Path, predictions: Path, dataset_json: Path) -> float:
     from diffusion_nnunet.evaluation import evaluate_folders
 
-    return float(evaluate_folders(labels, predictions, dataset_json=dataset_json)["foreground_mean"]["Dice"])
+    result = evaluate_folders(labels, predictions, dataset_json=dataset_json, allow_missing=True)  # --max-cases
+    return float(result["foreground_mean"]["Dice"])
 
 
 def _methods(dataset: int, zoo: Path, work: Path, baseline_code: Path | None, input_dir: Path) -> list[dict]:

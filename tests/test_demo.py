@@ -16,6 +16,8 @@ def test_demo_writes_table_picture_and_all_methods(nnunet_dirs, tmp_path):
     assert [r["method"].split(" ")[0] for r in rows] == ["nnU-Net", "diffusion", "PD-DDPM", "ensemble"]
     for r in rows:
         assert 0.0 <= r["Dice"] <= 1.0
+        assert r["x nnU-Net"] == pytest.approx(r["predict s/case"] / rows[0]["predict s/case"], abs=0.01)
+    assert rows[0]["x nnU-Net"] == 1.0
     table = (out / "results.md").read_text()
     assert table.count("\n| ") >= 5 and "PD-DDPM" in table
     with Image.open(out / "overview.png") as img:  # rows = cases, columns = image, reference, 4 methods

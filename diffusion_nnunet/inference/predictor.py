@@ -176,17 +176,25 @@ class DnnPredictor(nnUNetPredictor):
             The probabilities in the original image's layout (C, *shape) with `save_probabilities`
             (what CASE.npz holds), else None.
         """
-        label_manager = self.plans_manager.get_label_manager(self.dataset_json)
-        result = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, self.plans_manager, self.configuration_manager, label_manager, properties,
-            return_probabilities=save_probabilities)
-        segmentation, probabilities = result if save_probabilities else (result, None)
-        if save_probabilities:
-            np.savez_compressed(output_truncated + ".npz", probabilities=probabilities)
-            save_pickle(properties, output_truncated + ".pkl")
-        self.plans_manager.image_reader_writer_class().write_seg(
-            segmentation, output_truncated + self.dataset_json["file_ending"], properties)
-        return probabilities
+        return export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                             self.dataset_json, output_truncated, save_probabilities)
+
+
+def export_prediction_from_logits(logits, properties: dict, configuration_manager, plans_manager, dataset_json: dict,
+                                  output_truncated: str, save_probabilities: bool = False):
+    """nnunetv2's function of that name (the same files, through its conversion and writers), which
+    also returns the probabilities it wrote (None without `save_probabilities`), so that callers
+    such as predict-ensemble need not read them back."""
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    result = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=save_probabilities)
+    segmentation, probabilities = result if save_probabilities else (result, None)
+    if save_probabilities:
+        np.savez_compressed(output_truncated + ".npz", probabilities=probabilities)
+        save_pickle(properties, output_truncated + ".pkl")
+    plans_manager.image_reader_writer_class().write_seg(segmentation, output_truncated + dataset_json["file_ending"],
+                                                        properties)
+    return probabilities
 
 
 def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
