@@ -121,8 +121,7 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     columns = list(rows[0])
     overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))), predictions,
                       raw / "labelsTs", out / "overview.png", max_cases=4, file_ending=plans_file_ending(raw),
-                      map_dirs={"PD-DDPM entropy": (predictions["PD-DDPM (nnU-Net start, 4 samples)"] / "uncertainty",
-                                                    "_entropy")})
+                      map_dirs={"PD-DDPM entropy": (out / "predictions" / "pd_ddpm" / "uncertainty", "_entropy")})
     write_text(_report(settings, budget.name, configuration, rows, columns), out / "results.md")
     print(results_table_text(rows, columns, float_format="{:.4g}"))
     print(f"table: {out / 'results.md'}   picture: {out / 'overview.png'}")
