@@ -1,6 +1,6 @@
 """The demo: generate a dataset, plan with a budget, train the nnU-Net baseline and the recycling
 diffusion model, predict the test images with both, with PD-DDPM (the diffusion model started from
-nnU-Net's prediction, 4 samples with uncertainty maps) and with the ensemble of both, evaluate,
+nnU-Net's prediction, one sample per mirror variant, with uncertainty maps) and with the ensemble of both, evaluate,
 and show one table and one picture.
 
 Each stage is skipped when its output already exists (so a second `make demo` is quick and an
@@ -108,16 +108,20 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
             stats.get("median_seconds_per_iteration"))
     nnunet_predictions = predictions[METHODS[0][1]]
     logger.info("[4/5] PD-DDPM from the nnU-Net predictions, and the ensemble")
-    evaluated("PD-DDPM (nnU-Net start, 4 samples)", "pd_ddpm", lambda o: predict_folder(
+    # N = M samples by default: sample i on mirror variant i mod M, the samples are nnU-Net's TTA
+    evaluated("PD-DDPM (nnU-Net start, one sample per mirror variant)", "pd_ddpm", lambda o: predict_folder(
         fold_dirs["recycle"].parent, raw / "imagesTs", o, folds=[settings.fold], device=device,
-        diffusion_options={"presegmentation": nnunet_predictions, "num_samples": 4}))
+        diffusion_options={"presegmentation": nnunet_predictions}))
     evaluated("ensemble (nnU-Net + diffusion)", "ensemble",
               lambda o: ensemble_folders([predictions[m[1]] for m in METHODS], o))
 
     logger.info("[5/5] writing the table and the picture")
+    for row in rows:  # prediction cost as a multiple of nnU-Net's (with its mirroring)
+        row["x nnU-Net"] = round(row["predict s/case"] / max(rows[0]["predict s/case"], 1e-9), 2)
     columns = list(rows[0])
     overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))), predictions,
-                      raw / "labelsTs", out / "overview.png", max_cases=4)
+                      raw / "labelsTs", out / "overview.png", max_cases=4, file_ending=plans_file_ending(raw),
+                      map_dirs={"PD-DDPM entropy": (out / "predictions" / "pd_ddpm" / "uncertainty", "_entropy")})
     write_text(_report(settings, budget.name, configuration, rows, columns), out / "results.md")
     print(results_table_text(rows, columns, float_format="{:.4g}"))
     print(f"table: {out / 'results.md'}   picture: {out / 'overview.png'}")

@@ -196,8 +196,9 @@ def most_foreground_slice(segmentations: Sequence[np.ndarray]) -> int:
 def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
                       prediction_dirs: Mapping[str, str | os.PathLike],
                       reference_dir: str | os.PathLike | None, output_png: str | os.PathLike,
-                      max_cases: int = 4, file_ending: str = ".nii.gz") -> Path:
-    """A grid of overlays: one row per case; columns image, reference, each prediction folder.
+                      max_cases: int = 4, file_ending: str = ".nii.gz",
+                      map_dirs: Mapping[str, tuple[str | os.PathLike, str]] | None = None) -> Path:
+    """A grid of overlays: one row per case; columns image, reference, each prediction folder, maps.
 
     For 3D images the axial slice (first numpy axis) with the most reference foreground is
     shown (without reference: the most foreground of the first prediction; else the middle).
@@ -210,6 +211,9 @@ def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, st
         output_png: destination PNG (written atomically).
         max_cases: at most this many cases (the first ones, in the given order).
         file_ending: file ending of images and segmentations.
+        map_dirs: column title -> (folder, suffix) of continuous maps ``<case><suffix><file_ending>``
+            (e.g. PD-DDPM's entropy: ``(OUT/uncertainty, "_entropy")``), drawn after the label
+            columns with one colour scale per column.
 
     Returns:
         The PNG path.
@@ -233,11 +237,19 @@ def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, st
         columns.append(("reference", Path(reference_dir)))
     columns += [(str(k), Path(v)) for k, v in prediction_dirs.items()]
 
+    maps = [(str(k), Path(v[0]), v[1]) for k, v in (map_dirs or {}).items()]
     rows = []
     max_label = 1
     for case, image_file in cases:
         image, spacing = _read_volume(image_file)
-        segs = []
+        segs, extra = [], []
+        for col, folder, suffix in maps:
+            f = folder / f"{case}{suffix}{file_ending}"
+            if not f.is_file():
+                raise InvalidDataError(f, f"missing: no {col} map for case {case}")
+            extra.append(_read_volume(f)[0].astype(float))
+            if extra[-1].shape != image.shape:
+                raise InvalidDataError(f, f"shape {extra[-1].shape} differs from the image's {image.shape}")
         for col, folder in columns:
             f = folder / f"{case}{file_ending}"
             if not f.is_file():
@@ -248,19 +260,27 @@ def overlay_cases_png(image_files: Sequence[str | os.PathLike] | Mapping[str, st
             segs.append(np.rint(seg).astype(np.int64))
         if image.ndim == 3:
             z = most_foreground_slice(segs) if segs else image.shape[0] // 2
-            image, segs, spacing = image[z], [s[z] for s in segs], spacing[1:]
+            image, segs, extra, spacing = image[z], [s[z] for s in segs], [m[z] for m in extra], spacing[1:]
             case = f"{case} (slice {z})"
         max_label = max([max_label] + [int(s.max()) for s in segs])
-        rows.append((case, image, segs, spacing[0] / spacing[1]))
+        rows.append((case, image, segs, extra, spacing[0] / spacing[1]))
 
     colours = _label_colours(max_label)
-    fig, axes = _new_figure(len(rows), 1 + len(columns))
-    for r, (case, image, segs, aspect) in enumerate(rows):
+    vmax = [max([float(np.nanmax(r[3][m])) for r in rows] + [1e-6]) for m in range(len(maps))]
+    fig, axes = _new_figure(len(rows), 1 + len(columns) + len(maps))
+    for r, (case, image, segs, extra, aspect) in enumerate(rows):
         _draw_image(axes[r, 0], image, aspect)
         axes[r, 0].set_ylabel(case)
         for c, seg in enumerate(segs, start=1):
             _draw_overlay(axes[r, c], image, seg, colours, aspect)
-    for c, name in enumerate(["image"] + [n for n, _ in columns]):
+        for m, values in enumerate(extra):
+            ax = axes[r, 1 + len(columns) + m]
+            im = ax.imshow(values, cmap="magma", vmin=0.0, vmax=vmax[m], interpolation="nearest", aspect=aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == len(rows) - 1:
+                fig.colorbar(im, ax=axes[:, 1 + len(columns) + m], fraction=0.05, shrink=0.6)
+    for c, name in enumerate(["image"] + [n for n, _ in columns] + [n for n, _, _ in maps]):
         axes[0, c].set_title(name)
     return _save_png(fig, output_png)
 
@@ -333,3 +353,96 @@ def results_table_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 
     lines = [line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in body]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# the review list as pictures
+
+
+def _slice_for_sheet(image: np.ndarray, seg: np.ndarray, entropy: np.ndarray):
+    """2D panels of one case: 3D volumes show the slice with the most predicted foreground."""
+    image, seg, entropy = (np.squeeze(np.asarray(a)) for a in (image, seg, entropy))
+    if not image.shape == seg.shape == entropy.shape:
+        raise UserInputError(f"image {image.shape}, prediction {seg.shape} and entropy {entropy.shape} differ")
+    if image.ndim == 3:
+        z = most_foreground_slice([seg])
+        return image[z], seg[z], entropy[z], z
+    return image, seg, entropy, None
+
+
+@default_style
+def uncertainty_contact_sheet(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, str]],
+                              output_png: str | os.PathLike, max_cases: int = 16,
+                              title: str | None = None) -> Path:
+    """One row per case, in the given order (least certain first): image, prediction, entropy.
+
+    Args:
+        cases: ``(case, image, prediction, entropy map, caption)`` per case, 2D or 3D arrays of one
+            shape (3D: the slice with the most predicted foreground); the caption (e.g. the score)
+            is shown beside the case name. The entropy colour scale is shared by all rows.
+        output_png: destination PNG (written atomically).
+        max_cases: at most this many rows (the first ones).
+        title: figure title.
+
+    Raises:
+        UserInputError: no cases, max_cases < 1 or mismatching shapes.
+    """
+    from matplotlib.figure import Figure
+
+    if not cases:
+        raise UserInputError("no cases for the contact sheet")
+    if max_cases < 1:
+        raise UserInputError(f"max_cases must be >= 1, got {max_cases}")
+    rows = []
+    for case, image, seg, entropy, caption in cases[:max_cases]:
+        image, seg, entropy, z = _slice_for_sheet(image, seg, entropy)
+        rows.append((case if z is None else f"{case} (slice {z})", image, np.rint(seg).astype(np.int64),
+                     entropy, caption))
+    colours = _label_colours(max([1] + [int(r[2].max()) for r in rows]))
+    vmax = max([float(np.nanmax(r[3])) for r in rows] + [1e-6])
+    fig = Figure(figsize=(2.2 * 3, 2.2 * len(rows) + 0.4), dpi=100, layout="constrained")
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for r, (case, image, seg, entropy, caption) in enumerate(rows):
+        _draw_image(axes[r, 0], image)
+        axes[r, 0].set_ylabel(f"{r + 1}. {case}\n{caption}", fontsize=8)
+        _draw_overlay(axes[r, 1], image, seg, colours)
+        im = axes[r, 2].imshow(entropy, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+        axes[r, 2].set_xticks([])
+        axes[r, 2].set_yticks([])
+    for c, name in enumerate(("image", "prediction", "entropy (nats)")):
+        axes[0, c].set_title(name)
+    fig.colorbar(im, ax=axes[:, 2], fraction=0.05, shrink=min(1.0, 3.0 / len(rows)))
+    fig.suptitle(title or f"least certain first ({len(rows)} of {len(cases)} cases)")
+    return _save_png(fig, output_png)
+
+
+def contact_sheet_from_folder(prediction_dir: str | os.PathLike, image_for_case, order: Sequence[str],
+                              captions: Mapping[str, str], output_png: str | os.PathLike, max_cases: int = 16,
+                              file_ending: str = ".nii.gz") -> Path:
+    """`uncertainty_contact_sheet` from a prediction folder: CASE.nii.gz and uncertainty/CASE_entropy.
+
+    Args:
+        prediction_dir: the prediction folder (segmentations, uncertainty/ maps).
+        image_for_case: callable case -> the case's first image file.
+        order: cases, least certain first.
+        captions: case -> caption (e.g. ``disagreement 0.12``).
+        output_png: destination.
+        max_cases: at most this many rows.
+        file_ending: segmentation file ending.
+
+    Raises:
+        InvalidDataError: a segmentation or entropy map is missing.
+    """
+    folder = Path(prediction_dir)
+    cases = []
+    for case in order[:max_cases]:
+        seg_file = folder / f"{case}{file_ending}"
+        entropy_file = folder / "uncertainty" / f"{case}_entropy{file_ending}"
+        for f in (seg_file, entropy_file):
+            if not f.is_file():
+                raise InvalidDataError(f, "missing (the contact sheet needs the prediction and its entropy map)")
+        image, _ = _read_volume(Path(image_for_case(case)))
+        seg, _ = _read_volume(seg_file)
+        entropy, _ = _read_volume(entropy_file)
+        cases.append((case, image, seg, entropy, captions.get(case, "")))
+    return uncertainty_contact_sheet(cases, output_png, max_cases, title=f"{folder.name}: least certain first")

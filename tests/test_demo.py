@@ -16,10 +16,13 @@ def test_demo_writes_table_picture_and_all_methods(nnunet_dirs, tmp_path):
     assert [r["method"].split(" ")[0] for r in rows] == ["nnU-Net", "diffusion", "PD-DDPM", "ensemble"]
     for r in rows:
         assert 0.0 <= r["Dice"] <= 1.0
+        assert r["x nnU-Net"] == pytest.approx(r["predict s/case"] / rows[0]["predict s/case"], abs=0.01)
+    assert rows[0]["x nnU-Net"] == 1.0
     table = (out / "results.md").read_text()
     assert table.count("\n| ") >= 5 and "PD-DDPM" in table
     with Image.open(out / "overview.png") as img:  # rows = cases, columns = image, reference, 4 methods
         assert img.width > img.height
+        assert img.size == (7 * 300, 2 * 300)  # ... and PD-DDPM's entropy map (3-inch panels at 100 dpi)
     assert len(list((out / "predictions" / "pd_ddpm" / "uncertainty").glob("*_entropy.nii.gz"))) == 2
     # a second run reuses the trained models and gives the same table
     again = run_demo(DemoSettings(output=str(out), budget="cpu-tiny", num_train=6, num_test=2), torch.device("cpu"))

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from diffusion_nnunet.errors import InvalidDataError
+from diffusion_nnunet.errors import InvalidDataError, UserInputError
 from diffusion_nnunet.reporting import (PANEL_INCHES, most_foreground_slice, overlay_cases_png, overlay_png,
                                         results_table_markdown, results_table_text)
 
@@ -133,3 +133,42 @@ def test_titles_keep_the_default_size_when_seaborn_scaled_the_fonts(tmp_path, mo
     default = matplotlib.font_manager.FontProperties(size=matplotlib.rcParamsDefault["axes.titlesize"])
     assert scaled > 2 * matplotlib.rcParamsDefault["font.size"]
     assert titles and all(size <= default.get_size_in_points() + 0.01 for size in titles)
+
+
+def test_uncertainty_contact_sheet_has_one_row_per_case(tmp_path):
+    from diffusion_nnunet.reporting import uncertainty_contact_sheet
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(5):
+        image = rng.random((16, 16))
+        seg = np.zeros((16, 16), np.int64)
+        seg[4:4 + i + 2, 4:10] = 1
+        cases.append((f"case_{i}", image, seg, rng.random((16, 16)) * i, f"score {i}"))
+    small = uncertainty_contact_sheet(cases[:2], tmp_path / "small.png")
+    big = uncertainty_contact_sheet(cases, tmp_path / "big.png", max_cases=4)
+    with Image.open(small) as a, Image.open(big) as b:
+        assert b.size[1] > 1.5 * a.size[1] and a.size[0] == b.size[0]  # one row per case, 3 columns
+    vol = np.zeros((3, 16, 16))
+    seg3 = np.zeros((3, 16, 16), np.int64)
+    seg3[2, 2:8, 2:8] = 1
+    assert uncertainty_contact_sheet([("v", vol, seg3, vol, "")], tmp_path / "vol.png").is_file()
+    with pytest.raises(UserInputError, match="differ"):
+        uncertainty_contact_sheet([("bad", np.zeros((4, 4)), np.zeros((5, 5)), np.zeros((4, 4)), "")],
+                                  tmp_path / "bad.png")
+
+
+def test_overlay_cases_with_an_entropy_column(tmp_path):
+    files = make_cases(tmp_path, 2)
+    for case in ("case0", "case1"):
+        ref = sitk.ReadImage(str(tmp_path / "labels" / f"{case}.nii.gz"))
+        entropy = np.random.default_rng(0).random(sitk.GetArrayFromImage(ref).shape).astype(np.float32)
+        write(tmp_path / "unc" / f"{case}_entropy.nii.gz", entropy, ref.GetSpacing())
+    preds = {"model A": tmp_path / "predA"}
+    png = overlay_cases_png(files, preds, tmp_path / "labels", tmp_path / "maps.png",
+                            map_dirs={"entropy": (tmp_path / "unc", "_entropy")})
+    assert png_size(png) == (4 * PX, 2 * PX)  # image, reference, prediction, entropy
+    (tmp_path / "unc" / "case1_entropy.nii.gz").unlink()
+    with pytest.raises(InvalidDataError, match="no entropy map for case case1"):
+        overlay_cases_png(files, preds, tmp_path / "labels", tmp_path / "y.png",
+                          map_dirs={"entropy": (tmp_path / "unc", "_entropy")})

@@ -13,6 +13,13 @@ def add_arguments(p):
     p.add_argument("--allow-missing", action="store_true",
                    help="evaluate the cases that have a prediction when some references have none (logged)")
     p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="worker processes")
+    p.add_argument("--calibration", action="store_true",
+                   help="also the expected calibration error of the saved probabilities (PRED/CASE.npz), per class "
+                        "and overall, and a reliability diagram: PRED/calibration.json and PRED/reliability.png")
+    p.add_argument("--calibration-ensemble", nargs="+", default=None, metavar="FOLDER",
+                   help="with --calibration: average the probabilities of these further prediction folders with "
+                        "PRED's first (e.g. nnU-Net's folds predicted one by one)")
+    p.add_argument("--calibration-bins", type=int, default=15, help="confidence bins of the ECE (default 15)")
 
 
 def run(args):
@@ -30,4 +37,11 @@ def run(args):
     write_evaluation(result, output)
     print(format_table(result))
     print(f"written: {output}")
+    if args.calibration:
+        from diffusion_nnunet.calibration import calibration_summary, run_calibration
+
+        calibration = run_calibration(args.reference, [args.prediction] + (args.calibration_ensemble or []),
+                                      dataset_json, output.parent, args.calibration_bins)
+        print(calibration_summary(calibration))
+        print(f"written: {output.parent / 'calibration.json'}, {output.parent / 'reliability.png'}")
     return 0

@@ -19,6 +19,8 @@ SUBCOMMANDS = {
                          "nnU-Net, PD-DDPM from its prediction, and their ensemble, for one folder"),
     "find-best": ("diffusion_nnunet.cli.find_best",
                   "pick nnU-Net, diffusion, PD-DDPM (start step) or an ensemble on the validation folds"),
+    "fit-review-flag": ("diffusion_nnunet.cli.fit_review_flag",
+                        "fit on the validation folds which case score flags cases for review"),
     "evaluate": ("diffusion_nnunet.cli.evaluate", "Dice, HD95 and NSD of a prediction folder"),
     "demo": ("diffusion_nnunet.cli.demo", "the whole pipeline on a generated dataset"),
     "ext-trainer-path": ("diffusion_nnunet.cli.ext_trainer_path", "folder for nnunetv2's nnUNet_extTrainer"),

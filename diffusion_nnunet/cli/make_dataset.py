@@ -13,6 +13,10 @@ def add_arguments(p):
     p.add_argument("--labelled-fraction", type=float, default=None,
                    help="keep labels for only this share of the training cases (seeded); the rest become "
                         "unlabelled images for semi-supervised training")
+    p.add_argument("--test-difficulty", choices=("varied", "uniform"), default="varied",
+                   help="varied (default): each test case degraded by its own contrast/noise/artefact level, "
+                        "recorded in test_difficulty.json; uniform: test cases as simulated (the test sets "
+                        "made before varied difficulty existed)")
 
 
 def run(args):
@@ -20,6 +24,6 @@ def run(args):
     from diffusion_nnunet.datasets import make_dataset
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
-                          args.labelled_fraction)
+                          args.labelled_fraction, args.test_difficulty)
     print(folder)
     return 0

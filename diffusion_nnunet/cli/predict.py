@@ -20,17 +20,26 @@ def add_arguments(p):
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an OUT that holds results of another run, whole (without it, or "
                                "--continue-prediction, such an OUT is refused)")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     g = p.add_argument_group("diffusion models")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="reverse process (default: ddpm)")
     g.add_argument("--steps", type=int, default=None, help="reverse steps (default: all steps of training)")
     g.add_argument("--num-samples", type=int, default=None,
-                   help="samples averaged per case (default 1); above 1, uncertainty maps are written to "
-                        "OUT/uncertainty/ (entropy, variance, mutual information)")
+                   help="samples averaged per case (default: one per mirror variant, 4 in 2D and 8 in 3D, "
+                        "1 with --disable-tta); above 1, uncertainty maps are written to OUT/uncertainty/ "
+                        "(entropy, variance, mutual information)")
+    g.add_argument("--sample-mirroring", choices=["cycle", "product"], default=None,
+                   help="cycle (default): sample i runs on mirror variant i mod M, the samples are the "
+                        "test-time augmentation; product: every sample on every variant (M times the cost)")
     g.add_argument("--seed", type=int, default=None, help="seed of the sampler's noise (default 0)")
     g.add_argument("--save-every-step", action="store_true",
                    help="also write each step's prediction and probabilities to OUT/steps/step_KK/")
-    g.add_argument("--overview-png", action="store_true",
-                   help="with --num-samples > 1: a PNG per case (image, prediction, entropy)")
+    g.add_argument("--overview", "--overview-png", dest="overview", action="store_true",
+                   help="with more than one sample: a PNG per case (image, prediction, entropy) and "
+                        "OUT/uncertainty/contact_sheet.png, least certain cases first")
+    g.add_argument("--no-case-scores", action="store_true",
+                   help="do not keep each sample's probabilities (less memory): no OUT/uncertainty/cases.csv")
     pd = p.add_argument_group("PD-DDPM (start from a pre-segmentation)")
     src = pd.add_mutually_exclusive_group()
     src.add_argument("--presegmenter", default=None,
@@ -53,6 +62,7 @@ def run(args):
 
     from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.inference.predictor import model_folder, predict_folder
+    from diffusion_nnunet.inference.review_list import finish_prediction, is_diffusion_model
     from diffusion_nnunet.utils.device import resolve_device
 
     if args.model is None and args.dataset is None:
@@ -62,11 +72,24 @@ def run(args):
     diffusion = {"sampler": args.sampler, "num_steps": args.steps, "num_samples": args.num_samples,
                  "seed": args.seed, "save_every_step": args.save_every_step or None,
                  "presegmenter": args.presegmenter, "presegmentation": args.presegmentation,
-                 "start_step": args.start_step, "soft_start": args.soft_start or None}
-    if args.overview_png:
+                 "start_step": args.start_step, "soft_start": args.soft_start or None,
+                 "sample_mirroring": args.sample_mirroring, "tile_batch": args.tile_batch}
+    if args.overview:
         images = Path(args.input)
         diffusion["overview_png_for"] = lambda case: next(images.glob(f"{case}_0000.*"))
+    if not args.no_case_scores and is_diffusion_model(folder):
+        diffusion["keep_samples"] = True
     predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
                    args.save_probabilities, not args.disable_tta, args.step_size, args.overwrite, diffusion,
                    continue_prediction=args.continue_prediction)
+    review = finish_prediction(args.input, args.output, folder, args.overview)
+    if review is not None:
+        shown = ", ".join(f"{c} ({review['scores'][c]:.3g})" for c in review["order"][:5])
+        print(f"least certain cases (by {review['sorted_by']}): {shown}")
+        if review["flagged"] is not None:
+            print(f"flagged for review: {len(review['flagged'])} of {len(review['order'])} cases "
+                  f"({review['review_flag']['score']} >= {review['review_flag']['threshold']:.4g})")
+        print(f"review list: {Path(args.output) / 'uncertainty' / 'cases.csv'}")
+        if review["contact_sheet"]:
+            print(f"contact sheet: {review['contact_sheet']}")
     return 0

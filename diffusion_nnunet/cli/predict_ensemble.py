@@ -12,7 +12,12 @@ def add_arguments(p):
     p.add_argument("--diffusion-folds", nargs="+", type=fold, default=None, help="folds of the diffusion model (default: all)")
     p.add_argument("--start-step", type=int, default=None, help="PD-DDPM start step (default: the plans')")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="diffusion samples (above 1: uncertainty maps; default: the plans' proposal)")
+                   help="diffusion samples (above 1: uncertainty maps; default: one per mirror variant, 4 in 2D "
+                        "and 8 in 3D; with --disable-tta the plans' proposal)")
+    p.add_argument("--sample-mirroring", choices=["cycle", "product"], default=None,
+                   help="cycle (default): sample i on mirror variant i mod M; product: every sample on every variant")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     p.add_argument("-w", "--weights", nargs=2, type=float, default=None, help="ensemble weights: PD-DDPM nnU-Net")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring")
@@ -29,7 +34,8 @@ def run(args):
     folders = predict_with_ensemble(args.nnunet, args.diffusion, args.input, args.output,
                                     parse_folds(args.nnunet_folds), parse_folds(args.diffusion_folds), args.start_step,
                                     args.num_samples, args.weights,
-                                    args.seed, resolve_device(args.device), not args.disable_tta)
+                                    args.seed, resolve_device(args.device), not args.disable_tta,
+                                    tile_batch=args.tile_batch, sample_mirroring=args.sample_mirroring)
     for name, folder in folders.items():
         print(f"{name}: {folder}")
     return 0

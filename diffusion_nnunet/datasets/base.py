@@ -53,6 +53,12 @@ class DatasetGenerator:
         description: free text for dataset.json.
         reference: provenance for dataset.json.
         licence: licence of the data for dataset.json.
+        test_artefact: ``artefact(image, level, rng) -> image``, the modality's artefact for
+            test cases of varied difficulty (`datasets.difficulty`); None: no artefact.
+        value_range: the images' value range (degraded test images are clipped to it).
+        degrade_window: the intensity interval that test-case degradation changes (CT: soft tissue,
+            so air and bone keep their HU; MR: above the skull-stripped zero background); None: all.
+        test_contrast: whether hard test cases also lose contrast (not in CT, whose HU are absolute).
     """
 
     name: str
@@ -66,6 +72,10 @@ class DatasetGenerator:
     description: str = ""
     reference: str = ""
     licence: str = field(default="")
+    test_artefact: Callable | None = None
+    value_range: tuple[float, float] | None = None
+    degrade_window: tuple[float, float] | None = None
+    test_contrast: bool = True
 
 
 def case_rng(seed: int, split: Split, index: int) -> np.random.Generator:

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 from diffusion_nnunet.datasets.base import DatasetGenerator
+from diffusion_nnunet.datasets.difficulty import TEST_DIFFICULTIES, vary_test_cases
 from diffusion_nnunet.datasets.partial_labels import apply_labelled_fraction, num_labelled
 from diffusion_nnunet.datasets.raw_writer import write_cases
 from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.utils.atomic import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,10 @@ def dataset_folder_name(dataset_id: int, folder_name: str) -> str:
     return f"Dataset{dataset_id:03d}_{folder_name}"
 
 
-def _check_arguments(dataset_id: int, num_train: int | None, num_test: int | None, seed: int) -> None:
+def _check_arguments(dataset_id: int, num_train: int | None, num_test: int | None, seed: int,
+                     test_difficulty: str = "varied") -> None:
+    if test_difficulty not in TEST_DIFFICULTIES:
+        raise UserInputError(f"test difficulty must be one of {', '.join(TEST_DIFFICULTIES)}, got {test_difficulty!r}")
     if not isinstance(dataset_id, int) or isinstance(dataset_id, bool) or not 1 <= dataset_id <= 999:
         raise UserInputError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
     if num_train is not None and num_train < 1:
@@ -54,7 +59,8 @@ def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overw
 
 def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,
                   num_train: int | None = None, num_test: int | None = None, seed: int = 0,
-                  overwrite: bool = False, labelled_fraction: float | None = None) -> Path:
+                  overwrite: bool = False, labelled_fraction: float | None = None,
+                  test_difficulty: str = "varied") -> Path:
     """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
 
     Args:
@@ -67,13 +73,16 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         overwrite: replace an existing folder of the same name.
         labelled_fraction: keep the labels of only this share of the training cases (a seeded
             choice); the others become unlabelled images (``datasets.partial_labels``). None: all.
+        test_difficulty: ``"varied"``: degrade each test case by a difficulty drawn per case
+            (``datasets.difficulty``; recorded in ``test_difficulty.json``); ``"uniform"``: the
+            test cases as simulated. Training cases are the same either way.
 
     Raises:
         UserInputError: bad arguments, existing folder without overwrite, or the id is taken
             by a differently named dataset.
     """
     dataset_id = generator.default_id if dataset_id is None else dataset_id
-    _check_arguments(dataset_id, num_train, num_test, seed)
+    _check_arguments(dataset_id, num_train, num_test, seed, test_difficulty)
     num_train = generator.default_num_train if num_train is None else num_train
     num_test = generator.default_num_test if num_test is None else num_test
     if labelled_fraction is not None and num_train is not None:
@@ -87,7 +96,15 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=raw_root))
     try:
-        write_cases(tmp, generator, generator.cases(num_train, num_test, seed))
+        cases = generator.cases(num_train, num_test, seed)
+        difficulties: dict[str, dict] = {}
+        if test_difficulty == "varied":
+            cases = vary_test_cases(cases, seed, generator.test_artefact or (lambda x, level, rng: x),
+                                    generator.value_range, generator.degrade_window, difficulties,
+                                    generator.test_contrast)
+        write_cases(tmp, generator, cases)
+        if difficulties:
+            write_json({"test_difficulty": test_difficulty, "cases": difficulties}, tmp / "test_difficulty.json")
         if labelled_fraction is not None:
             apply_labelled_fraction(tmp, labelled_fraction, seed)
         _move_into_place(tmp, destination)

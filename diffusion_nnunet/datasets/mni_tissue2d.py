@@ -17,7 +17,7 @@ Labels (per 2 mm voxel):
 Images: the T1 and the probability maps are block-averaged over 2 x 2 x 2 voxels (2 mm
 isotropic, 98 x 116 pixels per slice, 94 slices), so each case is a real 2 mm-thick axial
 slice; rows run anterior (top) to posterior. Images are float32 T1 intensities, unmodified
-otherwise (no augmentation: the data stay real), written as 2D NIfTI with 2 x 2 mm spacing.
+otherwise (no augmentation: the training data stay real), written as 2D NIfTI with 2 x 2 mm spacing.
 
 Cases and split: each slice with at least ``MIN_BRAIN_PIXELS`` brain pixels is a case named
 ``mni_zNNN`` (NNN = index of the 2 mm slice, inferior to superior). Slices are assigned in
@@ -25,6 +25,10 @@ slabs along z: ``SLAB`` slices to training, ``GAP`` slices dropped, ``SLAB`` sli
 ``GAP`` dropped, and so on, so no test slice has a training neighbour closer than
 ``GAP + 1`` slices. With no counts given every eligible slice is used (the seed then has
 no effect); given counts draw that many slices from each side at random (seeded), sorted.
+
+Test slices are, by default, degraded per case (contrast, noise, a bias field:
+`datasets.difficulty`) so that they vary in difficulty; ``test_difficulty="uniform"`` keeps
+them as the template has them.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from diffusion_nnunet.datasets.base import Case, DatasetGenerator
+from diffusion_nnunet.datasets.difficulty import bias_field
 from diffusion_nnunet.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -155,4 +160,7 @@ GENERATOR = DatasetGenerator(
                 f"alternating slabs of {SLAB} slices separated by {GAP}-slice gaps.",
     reference="ICBM 2009a Nonlinear Symmetric template (Fonov et al., NeuroImage 2011), as shipped by nilearn",
     licence="see the MNI ICBM152 template licence (copyright McConnell Brain Imaging Centre)",
+    test_artefact=bias_field,
+    degrade_window=(0.0, float("inf")),
+    value_range=(0.0, float("inf")),
 )

@@ -26,6 +26,10 @@ Random draws, in order: the start noise (unless ``x_start``), then one N(0, I) p
 with ``i > 0``; DDIM draws nothing after the start. Hence a PD-DDPM start at ``k = n - 1`` equals
 full sampling started from the same ``x_{n-1}`` with the generator in the same state (tested).
 
+Several generators: ``generator`` may be a list of B generators, one per batch element; element b's
+draws then come from generator b alone, in the order above, so a sample's noise does not depend on
+which other samples (tiles, mirror variants) share its batch.
+
 Self-conditioning at inference (Chen et al. 2022): with ``self_condition=True`` the denoiser is
 called as ``denoise(m_i, t_net_i, sc_i)`` with ``sc`` zeros at the first step run and the previous
 step's estimate mapped to [0, 1], ``(x0_hat_prev + 1) / 2 = p_prev``, afterwards.
@@ -85,7 +89,7 @@ def pre_segmentation_x0(probabilities: Tensor, soft: bool = False) -> Tensor:
 @torch.no_grad()
 def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule, sampler: str = "ddpm",
            num_steps: int | None = None, start_step: int | None = None, x0_start: Tensor | None = None,
-           generator: torch.Generator | None = None, keep_steps: bool = False, device=None,
+           generator: torch.Generator | list[torch.Generator] | None = None, keep_steps: bool = False, device=None,
            dtype: torch.dtype = torch.float32, self_condition: bool = False,
            x_start: Tensor | None = None) -> SamplingResult:
     """Sample a segmentation by running the reverse process (see module docstring).
@@ -101,7 +105,8 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
         start_step: index in the sampling sequence to start at (None = the last, full sampling);
             runs ``start_step + 1`` steps.
         x0_start: PD-DDPM start estimate in [-1, 1], noised to ``start_step``.
-        generator: random generator (on ``device``) for all draws; same seed, same result.
+        generator: random generator (on ``device``) for all draws; same seed, same result. A list
+            of ``shape[0]`` generators: one per batch element (see module docstring).
         keep_steps: keep every step's probabilities in ``per_step`` (memory: one state per step).
         device: device of the state; default that of ``x_start``/``x0_start``, else CPU.
         dtype: floating dtype of the state and of the probabilities.
@@ -121,14 +126,16 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
     shape = tuple(int(s) for s in shape)
     if device is None:
         device = next((s.device for s in (x_start, x0_start) if s is not None), torch.device("cpu"))
+    if isinstance(generator, (list, tuple)) and len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
 
     if x_start is not None:
         x = _checked(x_start, shape, "x_start").to(device=device, dtype=dtype)
     elif x0_start is not None:
         x = sched.q_sample(_checked(x0_start, shape, "x0_start").to(device=device, dtype=dtype), k,
-                           generator=generator)
+                           noise=_randn(shape, generator, device, dtype))
     elif k == n - 1:
-        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        x = _randn(shape, generator, device, dtype)
     else:
         raise ValueError(f"start_step {k} < {n - 1} needs x0_start (PD-DDPM) or x_start")
 
@@ -147,8 +154,12 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
             raise ValueError(f"denoise returned shape {tuple(logits.shape)}, expected {shape}")
         probs = torch.softmax(logits.to(dtype), dim=1)
         x0_hat = 2.0 * probs - 1.0
-        if sampler == "ddpm":
-            x = sched.ddpm_step(x0_hat, x, i, generator=generator)
+        if sampler == "ddpm" and isinstance(generator, (list, tuple)) and i > 0:
+            # NoiseSchedule.ddpm_step draws from one generator; per-element noise is added here
+            mean, var = sched.posterior_mean_variance(x0_hat, x, i)
+            x = mean + var.sqrt() * _randn(shape, generator, device, dtype)
+        elif sampler == "ddpm":
+            x = sched.ddpm_step(x0_hat, x, i, generator=None if isinstance(generator, (list, tuple)) else generator)
         else:
             x = sched.ddim_step(x0_hat, x, i)
         if self_condition:
@@ -157,6 +168,13 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
             per_step.append(probs)
         steps_run.append(int(sched.timesteps[i]))
     return SamplingResult(probabilities=probs, per_step=per_step, steps_run=steps_run)
+
+
+def _randn(shape: tuple, generator, device, dtype) -> Tensor:
+    """N(0, I) of `shape`: from one generator, or element b from ``generator[b]``."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
 def _checked(t: Tensor, shape: tuple, name: str) -> Tensor:

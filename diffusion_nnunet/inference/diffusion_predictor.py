@@ -10,6 +10,13 @@ log-probabilities is a (normalised) geometric pooling of the tiles' probabilitie
 With `keep_steps=True` the tile result holds the probabilities after every reverse step
 (K x C channels); the sliding window then accumulates K x C channels, and `last_per_step`
 holds them per step for the last image.
+
+Samples are the test-time augmentation (`sample_mirroring="cycle"`, the default): with mirroring
+on, sample i runs on mirror variant i mod M (M = 4 in 2D, 8 in 3D), so the mean over samples is
+also nnU-Net's mean over flips and N = M samples cost what nnU-Net's mirroring costs per reverse
+step. `"product"` runs every sample on every variant (N x M runs, the behaviour before). Each run
+(tile, variant, sample) draws its noise from its own generator seeded from (seed, tile, variant,
+sample), so a prediction depends on the seed only, not on how runs are batched.
 """
 from __future__ import annotations
 
@@ -17,14 +24,16 @@ import itertools
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.predictor import DnnPredictor
 from diffusion_nnunet.inference.presegmentation import load_presegmentation, to_original, to_preprocessed
-from diffusion_nnunet.inference.uncertainty import (SampleStatistics, UncertaintyMaps, predictive_entropy,
+from diffusion_nnunet.inference.uncertainty import (UncertaintyMaps, predictive_entropy, uncertainty_maps,
                                                    write_uncertainty_maps)
 from diffusion_nnunet.utils.atomic import write_json
 
@@ -53,6 +62,13 @@ class DiffusionPredictor(DnnPredictor):
         sampler: "ddpm" or "ddim".
         num_steps: reverse steps (None: all steps of the training schedule).
         num_samples: samples per tile whose probabilities are averaged (an implicit ensemble).
+            None: M, the number of mirror variants, with mirroring on (each variant once, the cost
+            of nnU-Net's mirroring per reverse step), 1 with mirroring off.
+        sample_mirroring: "cycle" (sample i on mirror variant i mod M) or "product" (every sample
+            on every variant, N x M runs); see the module docstring. No effect without mirroring.
+        keep_samples: keep the per-run probabilities of the last predicted case in
+            `last_samples` (see Attributes); with more than one run, `export_case` also writes the
+            case's scores to OUT/uncertainty/CASE_scores.json (`inference.review_list`).
         keep_steps: record the probabilities after every step (see module docstring).
         seed: seeds the sampler's noise at the start of every image (reproducible predictions).
         save_every_step: `export_case` also writes every step's prediction and probabilities to
@@ -63,27 +79,48 @@ class DiffusionPredictor(DnnPredictor):
             full sampling); runs start_step + 1 reverse steps.
         soft_start: start from 2p - 1 instead of 2 onehot(argmax p) - 1.
         uncertainty: write uncertainty/CASE_entropy, _variance and _mi images (default:
-            when num_samples > 1). Variance and mutual information come from the samples of each
+            when the runs per tile (samples, or samples x variants with "product") are above 1). Variance and mutual information come from the samples of each
             sliding-window tile (and mirroring), pooled across tiles with nnU-Net's Gaussian weights.
         overview_png_for: callable case -> first image file; writes CASE_overview.png (image,
             prediction, entropy) for each case, to uncertainty/CASE_overview.png.
-        max_sample_batch: most samples run as one batch (None: the plans' batch size, which fits
-            the device's memory); more samples run in several batches.
-        **kwargs: nnUNetPredictor's arguments (tile_step_size, use_mirroring, device, ...).
+        max_sample_batch: most runs (tiles x samples) in one forward pass (None: the plans' batch
+            size, which fits the device's memory); more run in several batches. The sliding window
+            passes `tile_batch` tiles at a time (None: this limit over the runs per tile, at least 1).
+        autocast_dtype: the network's dtype under CUDA autocast (fp16 as nnunetv2, or bf16); the
+            CPU never autocasts and the sampler's state is float32 everywhere.
+        **kwargs: DnnPredictor's and nnUNetPredictor's arguments (tile_batch, tile_step_size,
+            use_mirroring, device, ...).
+
+    Attributes:
+        last_samples: with `keep_samples`, a float32 tensor (R, C, *spatial) of the last predicted
+            case (the last fold where several are used): the probabilities of each run (R = N
+            samples with "cycle" or without mirroring; N x M, variant-major, with "product"), in
+            the preprocessed geometry, un-flipped (run i after undoing its flip), pooled over
+            tiles with the same Gaussian weights as the mean (in nnU-Net's half-precision
+            accumulator). `samples_to_original` (presegmentation.py) maps them to the image.
+        last_per_step: with `keep_steps`, (K, C, *spatial) log-probabilities per step.
     """
 
-    def __init__(self, sampler: str = "ddpm", num_steps: int | None = None, num_samples: int = 1,
+    def __init__(self, sampler: str = "ddpm", num_steps: int | None = None, num_samples: int | None = None,
                  keep_steps: bool = False, seed: int = 0, save_every_step: bool = False,
                  presegmentation: str | Path | None = None, start_step: int | None = None,
                  soft_start: bool = False, uncertainty: bool | None = None, overview_png_for=None,
-                 max_sample_batch: int | None = None, **kwargs):
+                 max_sample_batch: int | None = None, sample_mirroring: str = "cycle", keep_samples: bool = False,
+                 autocast_dtype: torch.dtype = torch.float16, **kwargs):
         super().__init__(**kwargs)
+        if sample_mirroring not in ("cycle", "product"):
+            raise UserInputError(f"--sample-mirroring must be cycle or product, got {sample_mirroring!r}")
         self.sampler, self.num_steps, self.num_samples = sampler, num_steps, num_samples
+        self.sample_mirroring, self.keep_samples, self.autocast_dtype = sample_mirroring, keep_samples, autocast_dtype
+        self.last_samples: torch.Tensor | None = None
         self.keep_steps, self.seed = keep_steps or save_every_step, seed
         self.save_every_step = save_every_step
         self.presegmentation = None if presegmentation is None else Path(presegmentation)
+        # case -> probabilities (C, *image array shape) handed over in memory (predict-ensemble);
+        # used instead of the files in `presegmentation`
+        self.presegmentation_in_memory: dict | None = None
         self.start_step, self.soft_start = start_step, soft_start
-        self.uncertainty = num_samples > 1 if uncertainty is None else uncertainty
+        self._uncertainty = uncertainty
         self.overview_png_for = overview_png_for
         self.max_sample_batch = max_sample_batch
         self.last_sample_statistics: torch.Tensor | None = None
@@ -91,19 +128,53 @@ class DiffusionPredictor(DnnPredictor):
         self.self_condition = False
         self.last_per_step: torch.Tensor | None = None
         self.last_steps_run: list[int] | None = None
-        self._generator: torch.Generator | None = None
         self._num_classes = 0
+        self._first_tile = 0
 
     def set_diffusion(self, schedule: NoiseSchedule, self_condition: bool) -> None:
         """The training schedule and whether the network takes self-conditioning channels."""
         if self.num_steps is not None and not 1 <= self.num_steps <= schedule.num_steps:
             raise UserInputError(f"--steps must be in 1..{schedule.num_steps} (the model was trained with "
                                  f"T = {schedule.num_steps}), got {self.num_steps}")
-        if self.num_samples < 1:
+        if self.num_samples is not None and self.num_samples < 1:
             raise UserInputError(f"--num-samples must be at least 1, got {self.num_samples}")
         if self.sampler not in ("ddpm", "ddim"):
             raise UserInputError(f"unknown sampler {self.sampler!r}; use ddpm or ddim")
         self.schedule, self.self_condition = schedule, self_condition
+
+    @property
+    def uncertainty(self) -> bool:
+        """Whether uncertainty maps are written (default: more than one run per tile)."""
+        return len(self._runs()) > 1 if self._uncertainty is None else self._uncertainty
+
+    @uncertainty.setter
+    def uncertainty(self, value: bool | None) -> None:
+        self._uncertainty = value
+
+    def mirror_variants(self) -> list[tuple[int, ...]]:
+        """The flips of nnU-Net's test-time mirroring (tensor axes; () = none), in nnU-Net's order."""
+        mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
+        variants = [()]
+        if mirror_axes:
+            axes = [m + 2 for m in mirror_axes]
+            variants += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+        return variants
+
+    def resolved_num_samples(self) -> int:
+        """N: the samples asked for, else one per mirror variant (1 without mirroring)."""
+        return self.num_samples if self.num_samples is not None else len(self.mirror_variants())
+
+    def _runs(self) -> list[tuple[int, int]]:
+        """(mirror variant index, sample index) of every sampler run per tile, in output order."""
+        m, n = len(self.mirror_variants()), self.resolved_num_samples()
+        if self.sample_mirroring == "product":
+            return [(v, i) for v in range(m) for i in range(n)]
+        return [(i % m, i) for i in range(n)]
+
+    def _noise_generator(self, tile: int, variant: int, sample: int) -> torch.Generator:
+        # one generator per run: the draws do not depend on how runs share a batch
+        seed = np.random.SeedSequence([self.seed, tile, variant, sample]).generate_state(1, np.uint64)[0]
+        return torch.Generator(device=self.device).manual_seed(int(seed) & (2 ** 63 - 1))
 
     def _steps_to_run(self) -> int:
         if self.start_step is not None:
@@ -124,6 +195,8 @@ class DiffusionPredictor(DnnPredictor):
         if not 0 <= self.start_step < steps:
             raise UserInputError(f"--start-step must be in 0..{steps - 1} (steps-1 is full sampling), "
                                  f"got {self.start_step}")
+        if self.presegmentation_in_memory is not None:
+            return  # the caller hands each case's probabilities over before predicting it
         ending = self.dataset_json["file_ending"]
         missing = [c for c in cases if not (self.presegmentation / f"{c}.npz").is_file()
                    and not (self.presegmentation / f"{c}{ending}").is_file()]
@@ -137,7 +210,10 @@ class DiffusionPredictor(DnnPredictor):
         if self.presegmentation is None:
             return data
         num_classes = self.label_manager.num_segmentation_heads
-        probs = load_presegmentation(self.presegmentation, case, self.dataset_json["file_ending"], num_classes)
+        if self.presegmentation_in_memory is not None:
+            probs = self.presegmentation_in_memory.pop(case).astype(np.float32)  # as load_presegmentation reads
+        else:
+            probs = load_presegmentation(self.presegmentation, case, self.dataset_json["file_ending"], num_classes)
         try:
             probs = to_preprocessed(probs, properties, self.plans_manager, self.configuration_manager,
                                     data.shape[1:])
@@ -148,11 +224,12 @@ class DiffusionPredictor(DnnPredictor):
 
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
         k = self._steps_to_run() if self.keep_steps else 1
         real = self.label_manager
         c = self._num_classes = real.num_segmentation_heads
-        self.label_manager = _WideLabels(real, k * c + (2 if self.uncertainty else 0))
+        extra = 2 if self.uncertainty else 0
+        runs = len(self._runs())
+        self.label_manager = _WideLabels(real, k * c + extra + (runs * c if self.keep_samples else 0))
         try:
             out = super().predict_sliding_window_return_logits(input_image)
         finally:
@@ -160,49 +237,63 @@ class DiffusionPredictor(DnnPredictor):
         steps = out[:k * c].reshape(k, c, *out.shape[1:])
         self.last_per_step = steps if self.keep_steps else None
         # tile-wise (Gaussian-weighted) variance across samples and mean per-sample entropy
-        self.last_sample_statistics = out[k * c:].float() if self.uncertainty else None
+        self.last_sample_statistics = out[k * c:k * c + extra].float() if self.uncertainty else None
+        self.last_samples = (out[k * c + extra:].float().reshape(runs, c, *out.shape[1:]) if self.keep_samples
+                             else None)
         return steps[-1]
+
+    def tile_batch_size(self) -> int:
+        """Tiles per sliding-window pass: `tile_batch`, else as many as fit the run limit together
+        with their runs (at least one)."""
+        if self.tile_batch is not None:
+            return self.tile_batch
+        return max(1, self._run_limit() // len(self._runs()))
 
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
-        variants = [()]
-        if mirror_axes:
-            axes = [m + 2 for m in mirror_axes]
-            variants += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-        total, num_image_channels = None, len(self.dataset_json["channel_names"])
-        stats = SampleStatistics(with_mutual_information=True) if self.uncertainty else None
-        chunk = self.sample_batch_size()
-        for flip in variants:
-            tile = torch.flip(x, flip) if flip else x  # the sliding window passes one tile at a time
-            image, x0_pre = tile[:, :num_image_channels], tile[:, num_image_channels:]
-            for first in range(0, self.num_samples, chunk):
-                n = min(chunk, self.num_samples - first)  # n samples run as one batch
-                steps = self._sample_tile(image.repeat_interleave(n, 0),
-                                          x0_pre.repeat_interleave(n, 0) if x0_pre.shape[1] else None)
-                if flip:  # (K, n, C, *spatial)
-                    steps = torch.flip(steps, [a + 1 for a in flip])
-                total = steps.sum(1, keepdim=True) if total is None else total + steps.sum(1, keepdim=True)
-                if stats is not None:
-                    for sample_probs in steps[-1]:
-                        stats.update(sample_probs)
-        probs = total / (len(variants) * self.num_samples)
-        k, b = probs.shape[:2]
-        out = torch.log(probs.clamp_min(1e-6)).transpose(0, 1).reshape(b, -1, *probs.shape[3:])
-        if stats is None:
-            return out
-        _, maps = stats.finalize()
-        mean_sample_entropy = maps.entropy - maps.mutual_information  # E_n H[p_n]
-        extra = torch.stack([maps.variance, mean_sample_entropy])[None].to(out.dtype)
-        return torch.cat([out, extra], 1)
+        """The sampler's result for B tiles x (B, channels, *patch): (B, K*C [+2] [+R*C], *patch)."""
+        variants, runs, b = self.mirror_variants(), self._runs(), x.shape[0]
+        num_image_channels = len(self.dataset_json["channel_names"])
+        per_pass = max(1, self._run_limit() // b)  # runs per forward pass, each with the B tiles
+        results = []  # per run: (K, B, C, *patch), un-flipped
+        for first in range(0, len(runs), per_pass):
+            chunk = runs[first:first + per_pass]
+            tiles = torch.cat([torch.flip(x, variants[v]) if variants[v] else x for v, _ in chunk])
+            generators = [self._noise_generator(self._first_tile + j, v, i) for v, i in chunk for j in range(b)]
+            image, x0_pre = tiles[:, :num_image_channels], tiles[:, num_image_channels:]
+            steps = self._sample_tile(image, x0_pre if x0_pre.shape[1] else None, generators)
+            steps = steps.unflatten(1, (len(chunk), b))
+            for j, (v, _) in enumerate(chunk):
+                flip = variants[v]
+                results.append(torch.flip(steps[:, j], [a + 1 for a in flip]) if flip else steps[:, j])
+        stacked = torch.stack(results, 1)  # (K, R, B, C, *patch)
+        probs = stacked.mean(1)
+        k = probs.shape[0]
+        out = [torch.log(probs.clamp_min(1e-6)).transpose(0, 1).reshape(b, k * probs.shape[2], *probs.shape[3:])]
+        if self.uncertainty:
+            extra = []
+            for tile in range(b):
+                maps = uncertainty_maps(stacked[-1, :, tile], with_mutual_information=True)
+                # E_n H[p_n] = H[mean] - MI, pooled across tiles by the sliding window
+                extra.append(torch.stack([maps.variance, maps.entropy - maps.mutual_information]))
+            out.append(torch.stack(extra).to(out[0].dtype))
+        if self.keep_samples:
+            out.append(stacked[-1].transpose(0, 1).reshape(b, -1, *probs.shape[3:]).to(out[0].dtype))
+        return torch.cat(out, 1)
 
     def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
-                    save_probabilities: bool) -> None:
-        super().export_case(logits, properties, output_truncated, save_probabilities)
+                    save_probabilities: bool):
+        probabilities = super().export_case(logits, properties, output_truncated, save_probabilities)
         if self.uncertainty:
             self._export_uncertainty(logits, properties, Path(output_truncated))
+        if self.keep_samples and self.last_samples is not None and len(self.last_samples) > 1:
+            # the case's scores for the review list (OUT/uncertainty/cases.csv, inference/review_list.py)
+            from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score
+
+            write_case_score(output_truncated, predictor_case_scores(self.last_samples, logits, properties,
+                                                                     self.configuration_manager, self.dataset_json))
         if not self.save_every_step:
-            return
+            return probabilities
         out = Path(output_truncated)
         for k, step_logits in enumerate(self.last_per_step):
             folder = out.parent / "steps" / f"step_{k:02d}"
@@ -210,6 +301,7 @@ class DiffusionPredictor(DnnPredictor):
                 write_json(self.dataset_json, folder / "dataset.json")
                 write_json(self.plans_manager.plans, folder / "plans.json")
             super().export_case(step_logits.float().cpu(), properties, str(folder / out.name), True)
+        return probabilities
 
     def _export_uncertainty(self, logits: torch.Tensor, properties: dict, out: Path) -> None:
         """Entropy of the mean, variance across samples and mutual information, as images in the
@@ -241,22 +333,30 @@ class DiffusionPredictor(DnnPredictor):
         overlay_png(image, {"prediction": seg}, out.parent / "uncertainty" / f"{out.name}_overview.png", title=out.name,
                     extra_maps={"entropy": entropy})
 
-    def sample_batch_size(self) -> int:
-        """Samples that run as one batch: all of them, up to the plans' training batch size (which the
-        planner sized for the device's memory, with gradients; sampling needs no gradients)."""
+    def _run_limit(self) -> int:
+        """Most runs (tiles x samples) per forward pass: `max_sample_batch`, else the plans' training
+        batch size (which the planner sized for the device's memory, with gradients; sampling needs
+        no gradients)."""
         if self.max_sample_batch is not None:
-            return max(1, min(self.num_samples, self.max_sample_batch))
-        return max(1, min(self.num_samples, int(self.configuration_manager.batch_size)))
+            return max(1, self.max_sample_batch)
+        return max(1, int(self.configuration_manager.batch_size))
 
-    def _sample_tile(self, image: torch.Tensor, x0_pre: torch.Tensor | None = None) -> torch.Tensor:
-        network, sc = self.network, self.self_condition
+    def sample_batch_size(self) -> int:
+        """Runs of one tile that share a forward pass: all of them, up to the run limit."""
+        return max(1, min(len(self._runs()), self._run_limit()))
+
+    def _sample_tile(self, image: torch.Tensor, x0_pre: torch.Tensor | None = None,
+                     generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """(K, B, C, *patch) probabilities of B runs (K = 1 unless keep_steps), float32."""
+        network, sc, device, dtype = self.network, self.self_condition, image.device, self.autocast_dtype
 
         def denoise(m_t, t_net, self_cond=None):
-            return network(torch.cat([image, m_t] + ([self_cond] if sc else []), 1), t_net)
+            with network_autocast(device, dtype):
+                return network(torch.cat([image, m_t] + ([self_cond] if sc else []), 1), t_net)
 
         shape = (image.shape[0], self._num_classes, *image.shape[2:])
         result = sample(denoise, shape, self.schedule, self.sampler, self.num_steps, start_step=self.start_step,
-                        x0_start=x0_pre, generator=self._generator, keep_steps=self.keep_steps,
+                        x0_start=x0_pre, generator=generators, keep_steps=self.keep_steps,
                         device=image.device, dtype=torch.float32, self_condition=sc)
         self.last_steps_run = list(result.steps_run)
         if self.keep_steps:

@@ -13,11 +13,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from batchgenerators.utilities.file_and_folder_operations import save_pickle
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
@@ -69,7 +72,58 @@ def trainer_class_for(trainer_name: str) -> type:
 
 
 class DnnPredictor(nnUNetPredictor):
-    """nnUNetPredictor that resolves trainer classes through our registry (see module docstring)."""
+    """nnUNetPredictor that resolves trainer classes through our registry (see module docstring),
+    and whose sliding window runs several tiles per forward pass.
+
+    Args:
+        tile_batch: tiles per forward pass (None: the plans' batch size, which the planner sized
+            for the device's memory with gradients; prediction needs none). nnU-Net's Gaussian
+            weighting and its half-precision accumulation are kept, so the result equals one tile
+            at a time up to float rounding.
+        *args, **kwargs: nnUNetPredictor's arguments.
+    """
+
+    def __init__(self, *args, tile_batch: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tile_batch is not None and tile_batch < 1:
+            raise UserInputError(f"--tile-batch must be at least 1, got {tile_batch}")
+        self.tile_batch = tile_batch
+
+    def tile_batch_size(self) -> int:
+        """Tiles per forward pass of the sliding window."""
+        if self.tile_batch is not None:
+            return self.tile_batch
+        return max(1, int(self.configuration_manager.batch_size))
+
+    @torch.inference_mode()
+    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers,
+                                                       do_on_device: bool = True) -> torch.Tensor:
+        """nnU-Net's sliding window (same tiles, Gaussian, accumulation dtype), `tile_batch_size()`
+        tiles at a time: nnunetv2 passes one tile per forward pass, which leaves the batch dimension
+        of the convolutions unused."""
+        results_device = self.device if do_on_device else torch.device("cpu")
+        empty_cache(self.device)
+        data = data.to(results_device)
+        predicted = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
+                                device=results_device)
+        weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+        gaussian = (compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                     value_scaling_factor=10, device=results_device) if self.use_gaussian else 1)
+        per_pass = self.tile_batch_size()
+        for first in range(0, len(slicers), per_pass):
+            group = slicers[first:first + per_pass]
+            self._first_tile = first  # lets subclasses tell tiles apart (per-tile noise)
+            tiles = torch.stack([data[s] for s in group]).to(self.device)
+            predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
+            for s, prediction in zip(group, predictions):
+                if self.use_gaussian:
+                    prediction *= gaussian
+                predicted[s] += prediction
+                weights[s[1:]] += gaussian
+        torch.div(predicted, weights, out=predicted)
+        if torch.any(torch.isinf(predicted)):
+            raise RuntimeError("inf in the predicted array (nnU-Net's half-precision accumulation overflowed)")
+        return predicted
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
@@ -119,10 +173,33 @@ class DnnPredictor(nnUNetPredictor):
         return data
 
     def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
-                    save_probabilities: bool) -> None:
-        """Write one case (segmentation, and probabilities if asked) in nnU-Net's formats."""
-        export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
-                                      self.dataset_json, output_truncated, save_probabilities)
+                    save_probabilities: bool):
+        """Write one case (segmentation, and probabilities if asked) in nnU-Net's formats, as
+        nnunetv2's `export_prediction_from_logits` does.
+
+        Returns:
+            The probabilities in the original image's layout (C, *shape) with `save_probabilities`
+            (what CASE.npz holds), else None.
+        """
+        return export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                             self.dataset_json, output_truncated, save_probabilities)
+
+
+def export_prediction_from_logits(logits, properties: dict, configuration_manager, plans_manager, dataset_json: dict,
+                                  output_truncated: str, save_probabilities: bool = False):
+    """nnunetv2's function of that name (the same files, through its conversion and writers), which
+    also returns the probabilities it wrote (None without `save_probabilities`), so that callers
+    such as predict-ensemble need not read them back."""
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    result = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=save_probabilities)
+    segmentation, probabilities = result if save_probabilities else (result, None)
+    if save_probabilities:
+        np.savez_compressed(output_truncated + ".npz", probabilities=probabilities)
+        save_pickle(properties, output_truncated + ".pkl")
+    plans_manager.image_reader_writer_class().write_seg(segmentation, output_truncated + dataset_json["file_ending"],
+                                                        properties)
+    return probabilities
 
 
 def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
@@ -132,7 +209,9 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
 
     Args:
         diffusion_options: DiffusionPredictor's arguments (sampler, num_steps, num_samples, seed,
-            save_every_step, presegmentation, start_step, soft_start); diffusion models only.
+            save_every_step, presegmentation, start_step, soft_start, sample_mirroring, keep_samples);
+            diffusion models only. Its "tile_batch" (tiles per forward pass, every model; None: the
+            plans' batch size) is taken out first.
     """
     first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
     if first is None:
@@ -140,13 +219,15 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
     trainer_class = trainer_class_for(read_checkpoint(first)["trainer_name"])
     predictor_class = trainer_class.predictor_class() if issubclass(trainer_class, DnnTrainer) else DnnPredictor
     options = {k: v for k, v in (diffusion_options or {}).items() if v is not None}
+    tile_batch = options.pop("tile_batch", None)
     if options and predictor_class is DnnPredictor:
         logger.warning("%s is not a diffusion model: ignoring %s", model_dir, sorted(options))
         options = {}
     with nnunet_output_to_log(logger):
         predictor = predictor_class(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                     perform_everything_on_device=device.type == "cuda", device=device,
-                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False, **options)
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False,
+                                    tile_batch=tile_batch, **options)
         predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint_name)
     return predictor
 

@@ -81,3 +81,20 @@ def to_original(maps: np.ndarray, properties: dict, plans_manager, configuration
     full = np.zeros((maps.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
     full[bounding_box_to_slice([[0, maps.shape[0]]] + [list(b) for b in properties["bbox_used_for_cropping"]])] = cropped
     return full.transpose([0, *[i + 1 for i in plans_manager.transpose_backward]])
+
+
+def samples_to_original(samples, properties: dict, plans_manager, configuration_manager) -> np.ndarray:
+    """Per-sample probabilities (R, C, *preprocessed), e.g. `DiffusionPredictor.last_samples`, in the
+    original image's array layout (R, C, *original), resampled as nnU-Net resamples probabilities.
+
+    Args:
+        samples: tensor or array (R, C, *preprocessed spatial).
+        properties: the case's preprocessing properties (from nnU-Net's `run_case`).
+        plans_manager: the model's plans.
+        configuration_manager: its configuration.
+    """
+    samples = samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples, np.float32)
+    runs, classes = samples.shape[:2]
+    flat = to_original(samples.reshape(runs * classes, *samples.shape[2:]), properties, plans_manager,
+                       configuration_manager)
+    return flat.reshape(runs, classes, *flat.shape[1:])
