@@ -13,6 +13,9 @@ def add_arguments(p):
     p.add_argument("--labelled-fraction", type=float, default=None,
                    help="keep labels for only this share of the training cases (seeded); the rest become "
                         "unlabelled images for semi-supervised training")
+    p.add_argument("--keep-classes", nargs="+", default=None, metavar="CLASS",
+                   help="keep only these foreground classes (names or label values, e.g. lesion); the others "
+                        "are merged into background and the labels renumbered 1, 2, ... (binary tasks)")
 
 
 def run(args):
@@ -20,6 +23,6 @@ def run(args):
     from diffusion_nnunet.datasets import make_dataset
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
-                          args.labelled_fraction)
+                          args.labelled_fraction, keep_classes=args.keep_classes)
     print(folder)
     return 0

@@ -25,7 +25,7 @@ __all__ = ["GENERATORS", "DEFAULT_IDS", "Case", "DatasetGenerator", "make_datase
 
 def make_dataset(name: str, raw_root: Path, dataset_id: int | None = None, num_train: int | None = None,
                  num_test: int | None = None, seed: int = 0, overwrite: bool = False,
-                 labelled_fraction: float | None = None) -> Path:
+                 labelled_fraction: float | None = None, keep_classes: list[str] | None = None) -> Path:
     """Write the raw dataset ``raw_root/DatasetXXX_Name`` and return its folder.
 
     The folder holds dataset.json, imagesTr, labelsTr, imagesTs and labelsTs. It is written
@@ -41,6 +41,8 @@ def make_dataset(name: str, raw_root: Path, dataset_id: int | None = None, num_t
         overwrite: replace an existing folder of the same name.
         labelled_fraction: keep labels for only this share of the training cases (seeded); the
             rest become declared unlabelled images, for semi-supervised training.
+        keep_classes: class names or label values to keep (others merged into background,
+            labels renumbered; ``datasets.keep_classes``); None: all classes.
 
     Raises:
         UserInputError: unknown name (the message lists the known names), the folder exists
@@ -51,4 +53,5 @@ def make_dataset(name: str, raw_root: Path, dataset_id: int | None = None, num_t
     if generator is None:
         raise UserInputError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(GENERATORS))}")
     return build_dataset(generator, Path(raw_root), dataset_id=dataset_id, num_train=num_train,
-                         num_test=num_test, seed=seed, overwrite=overwrite, labelled_fraction=labelled_fraction)
+                         num_test=num_test, seed=seed, overwrite=overwrite, labelled_fraction=labelled_fraction,
+                         keep_classes=keep_classes)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from diffusion_nnunet.datasets.base import DatasetGenerator
+from diffusion_nnunet.datasets.keep_classes import apply_keep_classes, resolve_kept_classes
 from diffusion_nnunet.datasets.partial_labels import apply_labelled_fraction, num_labelled
 from diffusion_nnunet.datasets.raw_writer import write_cases
 from diffusion_nnunet.errors import UserInputError
@@ -54,7 +55,8 @@ def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overw
 
 def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,
                   num_train: int | None = None, num_test: int | None = None, seed: int = 0,
-                  overwrite: bool = False, labelled_fraction: float | None = None) -> Path:
+                  overwrite: bool = False, labelled_fraction: float | None = None,
+                  keep_classes: list[str] | None = None) -> Path:
     """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
 
     Args:
@@ -67,6 +69,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         overwrite: replace an existing folder of the same name.
         labelled_fraction: keep the labels of only this share of the training cases (a seeded
             choice); the others become unlabelled images (``datasets.partial_labels``). None: all.
+        keep_classes: class names or values to keep; other foreground classes become background
+            and the labels are renumbered (``datasets.keep_classes``). None: all classes.
 
     Raises:
         UserInputError: bad arguments, existing folder without overwrite, or the id is taken
@@ -78,6 +82,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     num_test = generator.default_num_test if num_test is None else num_test
     if labelled_fraction is not None and num_train is not None:
         num_labelled(num_train, labelled_fraction)  # checks the fraction before any work
+    if keep_classes is not None:
+        resolve_kept_classes(dict(generator.labels), keep_classes)  # and the classes
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
@@ -88,6 +94,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=raw_root))
     try:
         write_cases(tmp, generator, generator.cases(num_train, num_test, seed))
+        if keep_classes is not None:
+            apply_keep_classes(tmp, keep_classes)
         if labelled_fraction is not None:
             apply_labelled_fraction(tmp, labelled_fraction, seed)
         _move_into_place(tmp, destination)
