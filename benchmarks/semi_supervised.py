@@ -17,10 +17,20 @@ plans, seed and number of epochs x iterations:
   no reconstruction rounds);
 - ``semi_rR``: ``semi_teacher`` pre-training (once per dataset and fraction, shared), then
   ``semi_cotrain --rounds R`` from that teacher;
-- either with ``_cp`` appended (``cps_cp``, ``semi_r1_cp``): the same with copy-paste mixing
+- ``semi_authors_rR``: the same pre-trained teacher, co-trained with the authors' configuration
+  (``--semi-preset authors``, docs/semi_supervised.md) and R rounds; ``cps_authors``: `cps` with
+  the same preset (its rounds stay 0: the authors' CPS reference);
+- ``semi_authors_rR_no_FACTOR``: the ablation, one factor of the preset switched back to our
+  default (`ABLATIONS`: detach, unchained, onestep, wholeramp, fullrounds, warmup, randomt,
+  diceonly); the sixth factor, binary labels, is the slice (``--datasets synthetic-us2d:lesion``);
+- any of them with ``_cp`` appended (``cps_cp``, ``semi_r1_cp``): the same with copy-paste mixing
   (``copy_paste = COPY_PASTE_BOX``, docs/semi_supervised.md); without it, ``copy_paste = 0``
-  (the co-trainers' default until 2026-12-01), so that the names keep the meaning of the
-  results in docs/benchmark_semi*.json.
+  (the co-trainers' default until 2026-12-01, and the authors'), so that the names keep the
+  meaning of the results in docs/benchmark_semi*.json.
+
+Datasets are generator names, or ``NAME:CLASS[:CLASS...]`` for a reduced-class slice
+(``make-dataset NAME --keep-classes CLASS ...``): ``synthetic-us2d:lesion``, ``mni-tissue2d:wm``.
+Every method's cost per iteration is also reported as a multiple of the baseline's (same draw).
 
 Each model predicts imagesTs (diffusion models: their default one-step sampling) and is evaluated
 against labelsTs (mean foreground Dice, HD95, NSD). Training seconds are measured; for the
@@ -41,28 +51,71 @@ from pathlib import Path
 
 logger = logging.getLogger("benchmark")
 
-DATASET_IDS = {"synthetic-us2d": 610, "mni-tissue2d": 640}  # + round(20 * fraction): 0.1 -> 612
+# + round(20 * fraction): 0.1 -> 612; a NAME:CLASS slice is its own dataset
+DATASET_IDS = {"synthetic-us2d": 610, "mni-tissue2d": 640, "synthetic-us2d:lesion": 660, "mni-tissue2d:wm": 680}
 METHODS = ("baseline", "cps", "semi_r1", "semi_r3")
 WITH_COPY_PASTE = "_cp"  # method suffix: the co-trainer with copy-paste mixing
 COPY_PASTE_BOX = 0.667  # its box side as a share of the patch's (BCP's 2/3)
+AUTHORS = "authors"  # the preset of `dnnunet train --semi-preset authors`
+# ablation factor -> the preset's fields it switches back to SemiSupervisedConfig's default
+ABLATIONS = {"detach": ("rec_into_seg",), "unchained": ("chain_rounds",), "onestep": ("rec_one_step",),
+             "wholeramp": ("whole_run_ramp",), "fullrounds": ("ramp_rounds",), "warmup": ("lr_warmup_fraction",),
+             "randomt": ("seg_random_t",), "diceonly": ("ce_weight",)}
 
 
 def _dataset_id(name: str, fraction: float) -> int:
     return DATASET_IDS[name] + int(round(20 * fraction))
 
 
-def _trainer_and_rounds(method: str) -> tuple[str, int | None]:
-    method = method.removesuffix(WITH_COPY_PASTE)
-    if method.startswith("semi_r"):
-        return "semi_cotrain", int(method[len("semi_r"):])
-    return method, None
+def _generator_and_classes(spec: str) -> tuple[str, list[str] | None]:
+    """``"synthetic-us2d:lesion"`` -> ("synthetic-us2d", ["lesion"]); a plain name keeps all classes."""
+    name, *classes = spec.split(":")
+    return name, classes or None
 
 
-def _known_method(method: str) -> bool:
-    if method == "baseline":
-        return True
+def parse_method(method: str) -> dict | None:
+    """What a method name means, or None when it is not one.
+
+    Returns:
+        {"trainer", "rounds" (None: no teacher pre-training), "preset" (None or "authors"),
+        "off" (ablated factors), "copy_paste" (box share, 0: off)}.
+    """
     base = method.removesuffix(WITH_COPY_PASTE)
-    return base == "cps" or (base.startswith("semi_r") and base[len("semi_r"):].isdigit())
+    out = {"trainer": base, "rounds": None, "preset": None, "off": [],
+           "copy_paste": COPY_PASTE_BOX if method.endswith(WITH_COPY_PASTE) else 0.0}
+    if method == "baseline":
+        return {**out, "copy_paste": None}
+    if base in ("cps", f"cps_{AUTHORS}"):
+        return {**out, "trainer": "cps", "preset": AUTHORS if base != "cps" else None}
+    if base.startswith(f"semi_{AUTHORS}_r"):
+        out["preset"] = AUTHORS
+        base = "semi_r" + base[len(f"semi_{AUTHORS}_r"):]
+        base, *off = base.split("_no_")
+        if not all(factor in ABLATIONS for factor in off) or len(set(off)) != len(off):
+            return None
+        out["off"] = off
+    if base.startswith("semi_r") and base[len("semi_r"):].isdigit():
+        return {**out, "trainer": "semi_cotrain", "rounds": int(base[len("semi_r"):])}
+    return None
+
+
+def semi_values(method: str, semi_options: dict | None = None) -> dict:
+    """The ``semi`` config overrides of a co-training method (teacher added by the caller).
+
+    Layers: the preset (if any), then --semi's options, then copy-paste, the ablated factors
+    (back to SemiSupervisedConfig's defaults) and R; for ``cps`` the registry's rounds = 0 stand.
+    """
+    from dataclasses import fields
+
+    from diffusion_nnunet.training.config import SemiSupervisedConfig
+    from diffusion_nnunet.training.semi_presets import semi_overrides
+
+    spec = parse_method(method)
+    defaults = {f.name: f.default for f in fields(SemiSupervisedConfig)}
+    options = {**(semi_options or {}), "copy_paste": spec["copy_paste"]}
+    for factor in spec["off"]:
+        options.update({key: defaults[key] for key in ABLATIONS[factor]})
+    return semi_overrides(spec["trainer"], spec["preset"], rounds=spec["rounds"], options=options)
 
 
 def _evaluate(model: Path, raw: Path, out: Path, device, seed: int, fold) -> dict:
@@ -109,7 +162,9 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
             key = f"{name}@{fraction:g}" + (f" seed {seed}" if seed else "")
             dataset_id = _dataset_id(name, fraction)
             raw = next(paths.raw().glob(f"Dataset{dataset_id:03d}_*"), None) if paths.raw().is_dir() else None
-            raw = raw or make_dataset(name, paths.raw(), dataset_id, seed=seed, labelled_fraction=fraction)
+            generator, classes = _generator_and_classes(name)
+            raw = raw or make_dataset(generator, paths.raw(), dataset_id, seed=seed, labelled_fraction=fraction,
+                                      keep_classes=classes)
             plans = plan_and_preprocess(raw.name, get_budget("cpu-small"), ["2d"], num_processes=2)
             budget = plans["configurations"]["2d"]["training_budget"]
             meta = json.loads((raw / "dataset.json").read_text())
@@ -125,12 +180,13 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
             for method in methods:
                 if method in res["methods"]:
                     continue
-                trainer, rounds = _trainer_and_rounds(method)
+                spec = parse_method(method)
+                trainer, rounds = spec["trainer"], spec["rounds"]
                 entry: dict = {"device": device.type, "commit": commit}
                 values = dict(overrides)
                 if trainer != "baseline":
-                    box = COPY_PASTE_BOX if method.endswith(WITH_COPY_PASTE) else 0.0
-                    values["semi"] = {**(semi_options or {}), "copy_paste": box}
+                    values["semi"] = semi_values(method, semi_options)
+                    entry["semi"] = dict(values["semi"])
                 if rounds is not None:
                     teacher = store / "semi_teacher"
                     if not teacher.is_dir():
@@ -140,7 +196,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
                         res["teacher_train_seconds"] = round(time.perf_counter() - start, 1)
                         store.mkdir(parents=True, exist_ok=True)
                         shutil.move(str(model_folder(raw.name, "semi_teacher", "2d")), teacher)
-                    values["semi"] = {**values.get("semi", {}), "teacher": str(teacher), "rounds": rounds}
+                    values["semi"] = {**values.get("semi", {}), "teacher": str(teacher)}
                     entry["teacher_train_seconds"] = res.get("teacher_train_seconds")
                 start = time.perf_counter()
                 fold_dir = train_fold(raw.name, "2d", fold, trainer, config_overrides=values, device=device,
@@ -209,16 +265,19 @@ def render_markdown(results: dict) -> str:
                   f"{res['epochs']} epochs x {res['iterations']} iterations for every method; "
                   f"fold {res.get('fold', 0)}; imagesTs; device {res.get('device', 'cpu')}; co-trainer options: {options}."
                   + (f" {res['note'][0].upper()}{res['note'][1:]}." if res.get("note") else ""), "",
-                  "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration |",
-                  "|:---|---:|---:|---:|---:|:---|---:|---:|---:|"]
+                  "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration "
+                  "| x baseline |",
+                  "|:---|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
+        base = res["methods"].get("baseline", {}).get("median_seconds_per_iteration")
         for method, e in res["methods"].items():
             t = e["test"]
+            ratio = f"{e['median_seconds_per_iteration'] / base:.1f}" if base else "-"
             teacher_s = e.get("teacher_train_seconds")
             where = f" ({e['device']})" if e.get("device", res.get("device")) != res.get("device") else ""
             lines.append(f"| {method}{where} | {t['dice']:.4f} | {t['hd95']:.3f} | {t['nsd']:.4f} | "
                          f"{e['validation_dice']:.4f} | {e.get('selected', '-')} | {e['train_seconds']:.0f} | "
                          f"{'-' if teacher_s is None else f'{teacher_s:.0f}'} | "
-                         f"{e['median_seconds_per_iteration']:.3f} |")
+                         f"{e['median_seconds_per_iteration']:.3f} | {ratio} |")
         lines.append("")
     lines += ["### Mean test Dice over draws (min-max)", "", render_summary(results)]
     return "\n".join(lines)
@@ -226,11 +285,13 @@ def render_markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASET_IDS), choices=list(DATASET_IDS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASET_IDS)[:2], choices=list(DATASET_IDS),
+                        help="generators, or NAME:CLASS slices with only that class (binary)")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        help="baseline, cps, semi_rR (semi_cotrain with R rounds, e.g. semi_r1 semi_r3); "
-                             "cps and semi_rR with _cp appended: with copy-paste")
+                        help="baseline, cps, semi_rR (semi_cotrain with R rounds, e.g. semi_r1 semi_r3), "
+                             "cps_authors, semi_authors_rR (the authors' preset), semi_authors_rR_no_FACTOR "
+                             f"(ablation; FACTOR in {', '.join(ABLATIONS)}); _cp appended: with copy-paste")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every training (default: the plan's)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch (default: the plan's)")
     parser.add_argument("--out", default="docs/benchmark_semi.json")
@@ -247,7 +308,7 @@ def main() -> None:
         print(render_markdown(json.loads(Path(args.out).read_text())))
         return
     for method in args.methods:
-        if not _known_method(method):
+        if parse_method(method) is None:
             parser.error(f"unknown method {method!r}")
     semi_options = json.loads(args.semi)
     if {"rounds", "teacher", "copy_paste"} & set(semi_options):

@@ -17,6 +17,9 @@ def add_arguments(p):
                    help="varied (default): each test case degraded by its own contrast/noise/artefact level, "
                         "recorded in test_difficulty.json; uniform: test cases as simulated (the test sets "
                         "made before varied difficulty existed)")
+    p.add_argument("--keep-classes", nargs="+", default=None, metavar="CLASS",
+                   help="keep only these foreground classes (names or label values, e.g. lesion); the others "
+                        "are merged into background and the labels renumbered 1, 2, ... (binary tasks)")
 
 
 def run(args):
@@ -24,6 +27,6 @@ def run(args):
     from diffusion_nnunet.datasets import make_dataset
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
-                          args.labelled_fraction, args.test_difficulty)
+                          args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes)
     print(folder)
     return 0

@@ -43,6 +43,9 @@ def add_arguments(p):
     g.add_argument("--semi-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other semi-supervised setting (a SemiSupervisedConfig field, docs/semi_supervised.md), "
                         "e.g. copy_paste=0 or pseudo_threshold=0.9; the value is read as JSON; repeatable")
+    g.add_argument("--semi-preset", default=None, choices=["authors"],
+                   help="a named set of SemiSupervisedConfig values (docs/semi_supervised.md), under --rounds and "
+                        "--semi-option: 'authors' = the method's authors' own configuration")
     add_device_argument(p)
     p.epilog = "trainers: see `dnnunet train --list-trainers`"
     p.add_argument("--list-trainers", action="store_true", help="list registered trainers and exit")
@@ -99,8 +102,11 @@ def run(args):
                  "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps}
     if any(v is not None for v in diffusion.values()):
         overrides["diffusion"] = diffusion
-    semi = {"teacher": args.teacher, "rounds": args.rounds, **parse_semi_options(args.semi_option)}
-    if any(v is not None for v in semi.values()):
+    from diffusion_nnunet.training.semi_presets import semi_overrides
+
+    semi = semi_overrides(args.trainer, args.semi_preset, args.teacher, args.rounds,
+                          parse_semi_options(args.semi_option))
+    if semi:
         overrides["semi"] = semi
     try:
         folder = train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, overrides,

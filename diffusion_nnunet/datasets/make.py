@@ -15,6 +15,7 @@ from pathlib import Path
 
 from diffusion_nnunet.datasets.base import DatasetGenerator
 from diffusion_nnunet.datasets.difficulty import TEST_DIFFICULTIES, vary_test_cases
+from diffusion_nnunet.datasets.keep_classes import apply_keep_classes, resolve_kept_classes
 from diffusion_nnunet.datasets.partial_labels import apply_labelled_fraction, num_labelled
 from diffusion_nnunet.datasets.raw_writer import write_cases
 from diffusion_nnunet.errors import UserInputError
@@ -60,7 +61,7 @@ def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overw
 def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,
                   num_train: int | None = None, num_test: int | None = None, seed: int = 0,
                   overwrite: bool = False, labelled_fraction: float | None = None,
-                  test_difficulty: str = "varied") -> Path:
+                  test_difficulty: str = "varied", keep_classes: list[str] | None = None) -> Path:
     """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
 
     Args:
@@ -76,6 +77,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         test_difficulty: ``"varied"``: degrade each test case by a difficulty drawn per case
             (``datasets.difficulty``; recorded in ``test_difficulty.json``); ``"uniform"``: the
             test cases as simulated. Training cases are the same either way.
+        keep_classes: class names or values to keep; other foreground classes become background
+            and the labels are renumbered (``datasets.keep_classes``). None: all classes.
 
     Raises:
         UserInputError: bad arguments, existing folder without overwrite, or the id is taken
@@ -87,6 +90,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     num_test = generator.default_num_test if num_test is None else num_test
     if labelled_fraction is not None and num_train is not None:
         num_labelled(num_train, labelled_fraction)  # checks the fraction before any work
+    if keep_classes is not None:
+        resolve_kept_classes(dict(generator.labels), keep_classes)  # and the classes
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
@@ -103,6 +108,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
                                     generator.value_range, generator.degrade_window, difficulties,
                                     generator.test_contrast)
         write_cases(tmp, generator, cases)
+        if keep_classes is not None:
+            apply_keep_classes(tmp, keep_classes)
         if difficulties:
             write_json({"test_difficulty": test_difficulty, "cases": difficulties}, tmp / "test_difficulty.json")
         if labelled_fraction is not None:

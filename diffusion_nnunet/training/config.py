@@ -89,6 +89,17 @@ class SemiSupervisedConfig:
         rounds_on_mix: with copy_paste, the unlabelled batch's round terms reconstruct and segment
             the mixed images, scored against the student's mixed target (labels inside or outside
             the box), instead of the unlabelled images against the student's pseudo-labels.
+        lr_warmup_fraction: the learning rate rises linearly from 0 over this share of all
+            training iterations (multiplying nnU-Net's poly schedule), as the authors' warm-up
+            protects the pre-trained teacher; 0: no warm-up.
+        seg_random_t: in training, Seg sees its constant mask noised at a step drawn uniformly
+            per sample and call (the authors' perturbation) instead of always at T-1;
+            validation and prediction stay at T-1.
+        rec_one_step: x~_r is the one-step x0 estimate of the same noised-image Rec pass that
+            gives L_rec^r (random t', no gradient through it) instead of a separate DDIM run
+            from `rec_start_step`.
+        whole_run_ramp: lambda(epoch) = (epoch + 1) / epochs over the whole run (the authors')
+            instead of the `ramp_fraction` ramp from 0.
     """
 
     teacher: str | None = None
@@ -108,6 +119,10 @@ class SemiSupervisedConfig:
     selection_momentum: float = 0.5
     copy_paste: float = 0.667
     rounds_on_mix: bool = False
+    lr_warmup_fraction: float = 0.0
+    seg_random_t: bool = False
+    rec_one_step: bool = False
+    whole_run_ramp: bool = False
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -131,6 +146,8 @@ class SemiSupervisedConfig:
             raise UserInputError("rounds_on_mix needs copy_paste (the mixed images it runs the rounds on)")
         if not 0 <= self.selection_momentum < 1:
             raise UserInputError(f"selection_momentum must be in [0, 1), got {self.selection_momentum}")
+        if not 0 <= self.lr_warmup_fraction < 1:
+            raise UserInputError(f"lr_warmup_fraction must be in [0, 1) (0: off), got {self.lr_warmup_fraction}")
 
 
 @dataclass
@@ -225,7 +242,8 @@ class TrainingConfig:
 # Keys added after configs were first saved whose default is not what the code did before them:
 # a run saved without the key resumes as it started (e.g. one begun before copy-paste existed
 # must not start mixing when it resumes).
-_BEFORE_THE_KEY_EXISTED = {"semi": {"copy_paste": 0.0}}
+_BEFORE_THE_KEY_EXISTED = {"semi": {"copy_paste": 0.0, "lr_warmup_fraction": 0.0, "seg_random_t": False,
+                                    "rec_one_step": False, "whole_run_ramp": False}}
 
 
 def _check_keys(cls, values: dict) -> None:

@@ -149,12 +149,36 @@ def reconstruction_loss(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedu
         noise: eps' (drawn when None).
         generator: random generator for t' and eps'.
     """
+    return reconstruction_loss_and_estimate(rec_eps, image, mask_pm1, schedule, t, noise, generator)[0]
+
+
+def reconstruction_loss_and_estimate(rec_eps: RecEps, image: Tensor, mask_pm1: Tensor, schedule: NoiseSchedule,
+                                     t: Tensor | None = None, noise: Tensor | None = None,
+                                     generator: torch.Generator | None = None, clip: float | None = None
+                                     ) -> tuple[Tensor, Tensor]:
+    """`reconstruction_loss` and the one-step x0 estimate of the same Rec pass.
+
+    ``x0_hat = (x_t' - sqrt(1 - abar_t') eps_hat) / sqrt(abar_t')``, detached (the authors'
+    reconstruction x~_r: their rounds segment this estimate, not a sampler's output).
+
+    Args:
+        rec_eps, image, mask_pm1, schedule, t, noise, generator: as `reconstruction_loss`.
+        clip: x0_hat is clipped to +-clip (None: not clipped).
+
+    Returns:
+        (L_rec, x0_hat).
+    """
     if t is None:
         t = torch.randint(0, schedule.num_steps, (image.shape[0],), device=image.device, generator=generator)
     if noise is None:
         noise = torch.randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
     noisy = schedule.q_sample(image, t, noise=noise)
-    return F.mse_loss(rec_eps(noisy, mask_pm1, schedule.network_time(t)), noise)
+    eps = rec_eps(noisy, mask_pm1, schedule.network_time(t))
+    abar = schedule._gather(schedule.alphas_cumprod, t, image)  # (B, 1, ..., 1)
+    x0_hat = ((noisy - (1 - abar).sqrt() * eps.detach()) / abar.sqrt()).detach()
+    if clip is not None:
+        x0_hat = x0_hat.clamp(-clip, clip)
+    return F.mse_loss(eps, noise), x0_hat
 
 
 @torch.no_grad()
@@ -218,6 +242,8 @@ class RoundSettings:
         rounds_on_mix: with `copy_paste`, the unlabelled round terms run on the mixed images
             against the mixed targets (labels and the student's pseudo-labels) instead of on the
             unlabelled images against the student's pseudo-labels.
+        one_step: x~_r is the one-step x0 estimate of the Rec pass that gives L_rec^r
+            (`reconstruction_loss_and_estimate`, clipped to `clip`) instead of a DDIM run.
     """
 
     rounds: int
@@ -233,6 +259,7 @@ class RoundSettings:
     pseudo_threshold: float = 0.0
     copy_paste: float = 0.0
     rounds_on_mix: bool = False
+    one_step: bool = False
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
@@ -240,7 +267,8 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
     """``(w / R) * sum_r [Dice(p~_r, target) + L_rec^r]``, with p~_r = Seg_Te(x~_r).
 
     Round r: the teacher draws x~_r with Rec from the mask of round r (the teacher's own mask of
-    the real image for r = 1), segments it, and is scored against `target` (labels, or the
+    the real image for r = 1; with ``settings.one_step`` x~_r is the x0 estimate of the L_rec^r
+    pass itself), segments it, and is scored against `target` (labels, or the
     student's hard pseudo-labels); L_rec^r is the reconstruction loss of the real image from the
     same mask, with gradient into Seg through the mask unless ``settings.rec_into_seg`` is off.
 
@@ -258,31 +286,39 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
     total = image.new_zeros(())
     mask = teacher_probs
     for _ in range(settings.rounds):
-        reconstruction = ddim_reconstruct(rec_eps, 2 * mask.detach() - 1, tuple(image.shape), settings.rec_schedule,
-                                          settings.sampling_steps, settings.clip, generator,
-                                          start_image=None if settings.start_step is None else image,
-                                          start_step=settings.start_step)
+        rec_mask = 2 * (mask if settings.rec_into_seg else mask.detach()) - 1
+        if settings.one_step:
+            rec_loss, reconstruction = reconstruction_loss_and_estimate(
+                rec_eps, image, rec_mask, settings.rec_schedule, generator=generator, clip=settings.clip)
+        else:
+            reconstruction = ddim_reconstruct(rec_eps, 2 * mask.detach() - 1, tuple(image.shape),
+                                              settings.rec_schedule, settings.sampling_steps, settings.clip,
+                                              generator, start_image=None if settings.start_step is None else image,
+                                              start_step=settings.start_step)
+            rec_loss = reconstruction_loss(rec_eps, image, rec_mask, settings.rec_schedule, generator=generator)
         logits = segment(reconstruction)
-        total = total + segmentation_loss(logits, target, settings.ce_weight) \
-            + reconstruction_loss(rec_eps, image, 2 * (mask if settings.rec_into_seg else mask.detach()) - 1,
-                                  settings.rec_schedule, generator=generator)
+        total = total + segmentation_loss(logits, target, settings.ce_weight) + rec_loss
         if settings.chain:
             mask = torch.softmax(logits, 1)
     return settings.weight / settings.rounds * total
 
 
-def ramp_weight(epoch: int, num_epochs: int, ramp_fraction: float) -> float:
+def ramp_weight(epoch: int, num_epochs: int, ramp_fraction: float, whole_run: bool = False) -> float:
     """lambda(epoch) = min(1, epoch / ramp_epochs): 0 at epoch 0, linear to 1 at ramp_epochs.
 
     The first epoch is supervised only: pseudo-labels of untrained models (all background, or
     the pre-trained teacher's label-free masks) would otherwise pull both models to a trivial
-    agreement before the labels have shaped them.
+    agreement before the labels have shaped them. With `whole_run`, the authors' ramp
+    ``(epoch + 1) / num_epochs`` instead (above 0 from the first epoch, 1 at the last).
 
     Args:
         epoch: current epoch, from 0.
         num_epochs: epochs of the run.
-        ramp_fraction: share of the epochs over which lambda ramps up.
+        ramp_fraction: share of the epochs over which lambda ramps up (unused with `whole_run`).
+        whole_run: the authors' whole-run ramp.
     """
+    if whole_run:
+        return min(1.0, (epoch + 1) / max(1, num_epochs))
     ramp_epochs = max(1, round(ramp_fraction * num_epochs))
     return min(1.0, epoch / ramp_epochs)
 

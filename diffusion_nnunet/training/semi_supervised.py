@@ -30,6 +30,7 @@ from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrai
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+from diffusion_nnunet.training.lr_warmup import warmup_factor, warmup_iterations
 from diffusion_nnunet.training.registry import register_variant
 from diffusion_nnunet.training.semi_losses import (
     RoundSettings,
@@ -95,18 +96,30 @@ class _SemiBase(DnnDiffusionTrainer):
             predictor.num_steps = config.diffusion.sampling_steps
 
     # ---------------------------------------------------------------- Seg(I)
-    def segment(self, model: TwinPathwayNet, image: torch.Tensor) -> torch.Tensor:
-        """Seg logits of `model` at step T-1 from the noised constant (zero) mask."""
-        last = self.schedule.num_steps - 1
-        x_t = self.schedule.q_sample(torch.zeros((image.shape[0], model.num_classes, *image.shape[2:]),
-                                                 device=image.device, dtype=image.dtype), last)
-        return model.seg_logits(image, (x_t.clamp(-1, 1) + 1) / 2, self.schedule.network_time(last))
+    def segment(self, model: TwinPathwayNet, image: torch.Tensor, random_t: bool = False) -> torch.Tensor:
+        """Seg logits of `model` at step T-1 from the noised constant (zero) mask.
+
+        With `random_t` (training with ``seg_random_t``) the step is drawn uniformly per sample
+        instead: the constant mask is noised less or more on every call (the authors' Seg).
+        """
+        zeros = torch.zeros((image.shape[0], model.num_classes, *image.shape[2:]), device=image.device,
+                            dtype=image.dtype)
+        if random_t:
+            t = torch.randint(0, self.schedule.num_steps, (image.shape[0],), device=image.device)
+        else:
+            t = self.schedule.num_steps - 1
+        x_t = self.schedule.q_sample(zeros, t)
+        return model.seg_logits(image, (x_t.clamp(-1, 1) + 1) / 2, self.schedule.network_time(t))
+
+    def train_segment(self, model: TwinPathwayNet, image: torch.Tensor) -> torch.Tensor:
+        """`segment` as the training losses call it (a random step with ``seg_random_t``)."""
+        return self.segment(model, image, random_t=self.semi.seg_random_t)
 
     def round_settings(self) -> RoundSettings:
         s = self.semi
         return RoundSettings(s.rounds, s.round_weight, s.chain_rounds, self.rec_schedule, s.rec_sampling_steps,
                              s.rec_clip, s.ce_weight, s.rec_start_step, s.rec_into_seg, s.ramp_rounds,
-                             s.pseudo_threshold, s.copy_paste, s.rounds_on_mix)
+                             s.pseudo_threshold, s.copy_paste, s.rounds_on_mix, s.rec_one_step)
 
     def _module(self):
         net = self.network.module if self.is_ddp else self.network
@@ -132,8 +145,25 @@ class _SemiBase(DnnDiffusionTrainer):
             logger.info("no unlabelled cases in this dataset: %s trains on the labelled cases only",
                         self.__class__.__name__)
 
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # nnU-Net's poly rate of this epoch
+        self._epoch_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._iteration_in_epoch = 0
+
+    def apply_lr_warmup(self) -> float:
+        """Scale this epoch's poly rate by the warm-up factor of the coming iteration; return it."""
+        n = warmup_iterations(self.semi.lr_warmup_fraction, self.num_epochs * self.num_iterations_per_epoch)
+        iteration = self.current_epoch * self.num_iterations_per_epoch + getattr(self, "_iteration_in_epoch", 0)
+        factor = warmup_factor(iteration, n)
+        if n and iteration <= n:  # once past the warm-up the poly rate stands as nnU-Net set it
+            for group, lr in zip(self.optimizer.param_groups, self._epoch_lrs):
+                group["lr"] = lr * factor
+        self._iteration_in_epoch = getattr(self, "_iteration_in_epoch", 0) + 1
+        return factor
+
     def train_step(self, batch: dict) -> dict:
         """One update on the loss of `semi_loss` (nnU-Net's step: autocast on CUDA, clipping at 12)."""
+        self.apply_lr_warmup()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, parts = self.semi_loss(batch)
@@ -169,10 +199,11 @@ class SemiTeacherTrainer(_SemiBase):
         return build_twin(configuration_manager, num_input_channels, num_output_channels,
                           config.diffusion.time_embed_dim)
 
-    def teacher_loss(self, image: torch.Tensor, model: TwinPathwayNet | None = None) -> torch.Tensor:
+    def teacher_loss(self, image: torch.Tensor, model: TwinPathwayNet | None = None,
+                     training: bool = False) -> torch.Tensor:
         """``L_rec`` of the images from the teacher's own mask p = softmax(Seg(I)) (gradient into Seg)."""
         model = model or self._module()
-        probs = torch.softmax(self.segment(model, image), 1)
+        probs = torch.softmax(self.train_segment(model, image) if training else self.segment(model, image), 1)
         return reconstruction_loss(model.rec_eps, image, 2 * probs - 1, self.rec_schedule)
 
     def semi_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -182,7 +213,7 @@ class SemiTeacherTrainer(_SemiBase):
             image = self._next_unlabelled_images()
         else:
             image = images_only(batch).to(self.device, non_blocking=True)
-        return self.run_loss(lambda model: self.teacher_loss(image, model)), {}
+        return self.run_loss(lambda model: self.teacher_loss(image, model, training=True)), {}
 
     def compute_loss(self, data: torch.Tensor, target, update_sampler: bool = True) -> torch.Tensor:
         """Validation loss: L_rec of the validation images (the target is ignored)."""
@@ -235,10 +266,11 @@ class SemiCoTrainer(_SemiBase):
         target = batch["target"]
         target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
         unlabelled = self._next_unlabelled_images()
-        lam = ramp_weight(self.current_epoch, self.num_epochs, self.semi.ramp_fraction)
+        lam = ramp_weight(self.current_epoch, self.num_epochs, self.semi.ramp_fraction, self.semi.whole_run_ramp)
 
         def loss(pair: CoTrainPair):
-            terms = cotraining_loss(lambda x: self.segment(pair.teacher, x), lambda x: self.segment(pair.student, x),
+            terms = cotraining_loss(lambda x: self.train_segment(pair.teacher, x),
+                                    lambda x: self.train_segment(pair.student, x),
                                     pair.teacher.rec_eps, data, target, unlabelled, self.round_settings(), lam)
             return terms.total, terms.supervised, terms.unsupervised
 
