@@ -1,8 +1,8 @@
 """The prediction-cost flags reach the predictors (issue 17)."""
 from __future__ import annotations
 
-import diffusion_nnunet.inference.combined as combined
-import diffusion_nnunet.inference.predictor as predictor
+from diffusion_nnunet.inference import combined
+from diffusion_nnunet.inference import predictor
 from diffusion_nnunet.cli.main import main
 
 
