@@ -1,9 +1,8 @@
 """The prediction-cost flags reach the predictors (issue 17)."""
 from __future__ import annotations
 
-from diffusion_nnunet.inference import combined
-from diffusion_nnunet.inference import predictor
 from diffusion_nnunet.cli.main import main
+from diffusion_nnunet.inference import combined, predictor
 
 
 def test_predict_passes_tile_batch_and_sample_mirroring(monkeypatch, tmp_path):
