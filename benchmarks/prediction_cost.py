@@ -114,7 +114,7 @@ def _methods(dataset: int, zoo: Path, work: Path, baseline_code: Path | None, in
 
 
 def benchmark_dataset(dataset: int, zoo: Path, work: Path, rounds: int, baseline_code: Path | None,
-                      max_cases: int | None, code: Path) -> dict:
+                      max_cases: int | None, code: Path, skip: tuple[str, ...] = ()) -> dict:
     raw = next((zoo / "nnUNet_raw").glob(f"Dataset{dataset:03d}_*"))
     env = {**os.environ, **{k: str(zoo / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
     work.mkdir(parents=True, exist_ok=True)
@@ -127,6 +127,7 @@ def benchmark_dataset(dataset: int, zoo: Path, work: Path, rounds: int, baseline
             if f.name.rsplit("_", 1)[0] in cases and not (input_dir / f.name).exists():
                 (input_dir / f.name).symlink_to(f)
     methods, info = _methods(dataset, zoo, work, baseline_code, input_dir)
+    methods = [m for m in methods if m["name"] not in skip]
     logger.info("%s: pre-segmentation for PD-DDPM (nnU-Net probabilities)", raw.name)
     _run({"name": "presegmentation", "kind": "predict", "model": info["nnunet_model"], "input": str(input_dir),
           "output": str(work / "presegmentation"), "save_probabilities": True}, code, env)
@@ -152,7 +153,68 @@ def benchmark_dataset(dataset: int, zoo: Path, work: Path, rounds: int, baseline
         if m["kind"] == "ensemble":
             rows[m["name"]]["dice_pd_ddpm_folder"] = round(_dice(labels, Path(m["output"]) / "pd_ddpm", dataset_json), 4)
     rows["nnunet"]["cases"] = len(list(input_dir.glob("*_0000.nii.gz")))
-    return {"dataset": raw.name, **info, "rounds": rounds, "methods": rows}
+    return {"dataset": raw.name, **info, "rounds": rounds, "max_cases": max_cases, "methods": rows}
+
+
+def tile_batching(zoo: Path, dataset: int, tile_batches: list[int], rounds: int, use_mirroring: bool) -> dict:
+    """Sliding window of the baseline model on the first preprocessed test case, in this process:
+    seconds per case for each tile batch, alternated, `rounds` times (the trained weights when the
+    baseline's checkpoint exists, else its plans' architecture with random weights: the cost is the same)."""
+    import numpy as np
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from diffusion_nnunet.inference.predictor import DnnPredictor, load_predictor
+
+    configuration = CONFIGURATIONS[dataset]
+    os.environ.update({k: str(zoo / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    raw = next((zoo / "nnUNet_raw").glob(f"Dataset{dataset:03d}_*"))
+    model = next((zoo / "nnUNet_results").glob(f"Dataset{dataset:03d}_*")) / f"DnnBaselineTrainer__dnnunetPlans__{configuration}"
+    trained = (model / "fold_0" / "checkpoint_final.pth").is_file()
+    predictors = {}
+    for b in tile_batches:
+        if trained:
+            predictors[b] = load_predictor(model, [0], use_mirroring=use_mirroring, diffusion_options={"tile_batch": b})
+            continue
+        pre = zoo / "nnUNet_preprocessed" / raw.name
+        plans_manager = PlansManager(json.loads((pre / "dnnunetPlans.json").read_text()))
+        cm = plans_manager.get_configuration(configuration)
+        dataset_json = json.loads((pre / "dataset.json").read_text())
+        torch.manual_seed(0)
+        network = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                                         len(dataset_json["channel_names"]),
+                                         plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+                                         deep_supervision=False)
+        predictor = DnnPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring, tile_batch=b,
+                                 device=torch.device("cpu"), verbose=False, allow_tqdm=False,
+                                 perform_everything_on_device=False)
+        predictor.manual_initialization(network, plans_manager, cm, [network.state_dict()], dataset_json, "random",
+                                        tuple(range(len(cm.patch_size))))
+        predictors[b] = predictor
+    first = predictors[tile_batches[0]]
+    image = min((raw / "imagesTs").glob("*_0000.nii.gz"))
+    data, _, _ = first.configuration_manager.preprocessor_class(verbose=False).run_case(
+        [str(image)], None, first.plans_manager, first.configuration_manager, first.dataset_json)
+    data = torch.from_numpy(data)
+    slicers = first._internal_get_sliding_window_slicers(data.shape[1:])
+    seconds = {b: [] for b in tile_batches}
+    outputs = {}
+    for r in range(rounds):
+        for b in (tile_batches if r % 2 == 0 else tile_batches[::-1]):
+            start = time.perf_counter()
+            outputs[b] = predictors[b].predict_sliding_window_return_logits(data).float()
+            seconds[b].append(time.perf_counter() - start)
+            logger.info("tile batch %d, round %d: %.2f s", b, r, seconds[b][-1])
+    ref = tile_batches[0]
+    return {"dataset": raw.name, "configuration": configuration, "trained_weights": trained,
+            "use_mirroring": use_mirroring, "image_shape": list(data.shape[1:]), "tiles": len(slicers),
+            "seconds": {str(b): [round(x, 3) for x in v] for b, v in seconds.items()},
+            "median_seconds": {str(b): round(statistics.median(v), 3) for b, v in seconds.items()},
+            "speedup_vs_one_tile": {str(b): round(statistics.median(
+                a / x for a, x in zip(seconds[ref], v)), 3) for b, v in seconds.items()},
+            "max_abs_difference_vs_one_tile": {str(b): float(np.abs((outputs[b] - outputs[ref]).numpy()).max())
+                                               for b in tile_batches}}
 
 
 def markdown(results: list[dict]) -> str:
@@ -178,21 +240,33 @@ def main() -> int:
     p.add_argument("--max-cases", type=int, default=None, help="first N test cases only")
     p.add_argument("--baseline-code", type=Path, default=None,
                    help="a checkout of the code before issue 17 (for pd_ddpm_today / ensemble_today)")
+    p.add_argument("--tile-batching", type=int, nargs="+", default=None, metavar="B",
+                   help="only the tile-batching measurement of the first dataset with these tile batches")
+    p.add_argument("--mirroring", action="store_true", help="with --tile-batching: mirroring on")
+    p.add_argument("--append", action="store_true", help="keep the results already in --out")
+    p.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. ensemble_today)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmark_prediction_cost.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     code = Path(__file__).resolve().parents[1]
+    if args.tile_batching:
+        result = tile_batching(args.zoo, args.datasets[0], args.tile_batching, args.rounds, args.mirroring)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), **result}, indent=2))
+        print(json.dumps(result, indent=2))
+        return 0
+    previous = json.loads(args.out.read_text())["results"] if args.append and args.out.is_file() else []
     results = []
     for dataset in args.datasets:
         try:
             results.append(benchmark_dataset(dataset, args.zoo, args.work / str(dataset), args.rounds,
-                                             args.baseline_code, args.max_cases, code))
+                                             args.baseline_code, args.max_cases, code, tuple(args.skip)))
         except FileNotFoundError as err:
             logger.warning("skipping dataset %d: %s", dataset, err)
             results.append({"dataset": dataset, "skipped": str(err)})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
-                                        "max_cases": args.max_cases, "results": results}, indent=2))
+                                        "results": previous + results}, indent=2))
     print(markdown([r for r in results if "methods" in r]))
     return 0
 
