@@ -123,7 +123,7 @@ def _timesteps(model: Path, configuration: str) -> int:
 
 def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), nnunet_model: str | Path | None = None,
               diffusion_models: list[str | Path] | None = None, start_steps: list[int] | None = None,
-              num_samples: int = 1, seed: int = 0, device: torch.device = torch.device("cpu"),
+              num_samples: int | None = None, seed: int = 0, device: torch.device = torch.device("cpu"),
               use_mirroring: bool = False, update_plans: bool = True) -> dict:
     """Evaluate every candidate on the validation folds and write the choice (see module docstring).
 
@@ -134,7 +134,8 @@ def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), 
         nnunet_model: the nnU-Net model folder (default: our `baseline` trainer's); stock nnunetv2 folders work.
         diffusion_models: diffusion model folders (default: every trained diffusion trainer's).
         start_steps: PD-DDPM start steps to try (default: 0 .. steps-2; steps-1 is full sampling).
-        num_samples: diffusion samples per case.
+        num_samples: diffusion samples per case (None: the predictor's default, one per mirror variant
+            with mirroring, else 1).
         seed: sampler seed.
         device: torch device.
         use_mirroring: test-time mirroring (off by default: it multiplies the sampling cost).
@@ -249,19 +250,19 @@ def _record_start_steps(candidates: list[Candidate], configuration: str, folds: 
 
 
 def inference_instructions(best: Candidate, dataset_name: str, configuration: str, folds: list[int],
-                           num_samples: int) -> str:
+                           num_samples: int | None) -> str:
     """The commands that predict new images (INPUT_FOLDER) the way the chosen candidate did."""
     folds_arg = " ".join(str(f) for f in folds)
     lines = [f"find-best chose: {best.name} (mean foreground validation Dice {best.dice:.4f}, folds {folds_arg})",
              "", "Predict new images with:", ""]
     nnunet, diffusion = best.models[0], best.models[-1]
-    samples = f" --num-samples {num_samples}" if num_samples > 1 else ""
+    samples = f" --num-samples {num_samples}" if num_samples is not None else ""
     if len(best.models) == 1 and best.name == "nnU-Net":
         lines.append(f"dnnunet predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {nnunet} -f {folds_arg}")
     elif best.start_step is not None and best.ensemble_of:
         lines.append(f"dnnunet predict-ensemble -i INPUT_FOLDER -o OUTPUT_FOLDER --nnunet {nnunet} "
                      f"--diffusion {diffusion} --nnunet-folds {folds_arg} --diffusion-folds {folds_arg} "
-                     f"--start-step {best.start_step} --num-samples {num_samples}")
+                     f"--start-step {best.start_step}{samples}")
         lines.append("# the result is OUTPUT_FOLDER/ensemble")
     elif best.start_step is not None:
         lines.append(f"dnnunet predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {diffusion} -f {folds_arg} "

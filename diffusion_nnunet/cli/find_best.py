@@ -13,7 +13,8 @@ def add_arguments(p):
                    help="diffusion model folders (default: every trained diffusion trainer)")
     p.add_argument("--start-steps", nargs="+", type=int, default=None,
                    help="PD-DDPM start steps to try (default: all below full sampling)")
-    p.add_argument("--num-samples", type=int, default=1, help="diffusion samples per case (default 1)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="diffusion samples per case (default: with --tta one per mirror variant, else 1)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--tta", action="store_true", help="test-time mirroring (slower: it multiplies sampling)")
     p.add_argument("--keep-plans", action="store_true",

@@ -7,6 +7,7 @@ path (`in_memory=False`: three folder-wide passes, each reading the previous one
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.inference.output_folder import claim_output_folder, prediction_settings
 from diffusion_nnunet.inference.predictor import (
     DnnPredictor,
     load_predictor,
@@ -135,19 +137,37 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
     nnunet.check_cases(cases)
     diffusion.check_cases(cases)
     shared = same_preprocessing(nnunet, diffusion)
-    # the arguments files the disk path writes (predict_folder)
+    with contextlib.ExitStack() as claims:  # each folder replaced whole, as the disk path's three runs do
+        for name, settings in _run_settings(input_dir, folders, nnunet_model, diffusion_model, nnunet_folds,
+                                            diffusion_folds, diffusion_options, use_mirroring, weights).items():
+            claims.enter_context(claim_output_folder(folders[name], settings, overwrite=True))
+        for name, predictor in (("nnunet", nnunet), ("pd_ddpm", diffusion)):
+            write_json(predictor.dataset_json, folders[name] / "dataset.json")
+            write_json(predictor.plans_manager.plans, folders[name] / "plans.json")
+        _predict_cases_in_memory(nnunet, diffusion, cases, input_dir, folders, weights, shared)
+    logger.info("wrote %d case(s) to %s", len(cases), ", ".join(str(f) for f in folders.values()))
+
+
+def _run_settings(input_dir: Path, folders: dict[str, Path], nnunet_model, diffusion_model, nnunet_folds,
+                  diffusion_folds, diffusion_options: dict, use_mirroring: bool, weights: np.ndarray) -> dict:
+    """The predict_args.json of each folder, as the disk path's predict_folder / ensemble_folders write them."""
     common = {"checkpoint": "checkpoint_final.pth", "use_mirroring": use_mirroring, "tile_step_size": 0.5}
-    options = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-               for k, v in diffusion_options.items() if v is not None}
-    for name, predictor, model, folds, diffusion_args in (
-            ("nnunet", nnunet, nnunet_model, nnunet_folds, {"tile_batch": diffusion_options["tile_batch"]}),
-            ("pd_ddpm", diffusion, diffusion_model, diffusion_folds, options)):
-        folders[name].mkdir(parents=True, exist_ok=True)
-        write_json(predictor.dataset_json, folders[name] / "dataset.json")
-        write_json(predictor.plans_manager.plans, folders[name] / "plans.json")
-        write_json({"input": str(input_dir), "save_probabilities": True, "model": str(model), "folds": folds, **common,
-                    "diffusion": {k: v for k, v in diffusion_args.items() if v is not None}},
-                   folders[name] / "predict_args.json")
+
+    def run(model, folds, options: dict) -> dict:
+        arguments = {"model": str(Path(model).absolute()), "folds": folds, **common,
+                     "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                   for k, v in options.items() if v is not None}}
+        return prediction_settings(input_dir, True, arguments)
+
+    return {"nnunet": run(nnunet_model, nnunet_folds, {"tile_batch": diffusion_options["tile_batch"]}),
+            "pd_ddpm": run(diffusion_model, diffusion_folds, diffusion_options),
+            "ensemble": {"ensemble_of": [str(folders[n].absolute()) for n in ("pd_ddpm", "nnunet")],
+                         "weights": [float(x) for x in weights], "save_probabilities": True}}
+
+
+def _predict_cases_in_memory(nnunet: DnnPredictor, diffusion: DnnPredictor, cases: list[str], input_dir: Path,
+                             folders: dict[str, Path], weights: np.ndarray, shared: bool) -> None:
+    ending = nnunet.dataset_json["file_ending"]
     label_manager = diffusion.plans_manager.get_label_manager(diffusion.dataset_json)
     staging = {name: folders[name] / f".partial-{os.getpid()}" for name in ("nnunet", "pd_ddpm")}
     for folder in staging.values():
@@ -179,7 +199,6 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
     for name in ("dataset.json", "plans.json"):  # as ensemble_folders: those of its first folder
         with atomic_path(folders["ensemble"] / name) as tmp:
             shutil.copyfile(folders["pd_ddpm"] / name, tmp)
-    logger.info("wrote %d case(s) to %s", len(cases), ", ".join(str(f) for f in folders.values()))
 
 
 def _preprocess(preprocessor, predictor: DnnPredictor, images: list[str]):

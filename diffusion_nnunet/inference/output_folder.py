@@ -148,7 +148,20 @@ def _clean_stale_replaced(folder: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+# settings that change how fast a folder is predicted, not what is predicted
+SPEED_ONLY_SETTINGS = {"diffusion": ("tile_batch",)}
+
+
+def _without_speed_settings(settings: dict) -> dict:
+    out = dict(settings)
+    for section, keys in SPEED_ONLY_SETTINGS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def _differences(old: dict, new: dict) -> list[str]:
+    old, new = _without_speed_settings(old), _without_speed_settings(new)
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 

@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
         "ramp_rounds": False,         # labelled round terms in L_s at full weight
         "lr_warmup_fraction": 0.1,    # GradualWarmupScheduler over 20 of 200 epochs, from 0
         "seg_random_t": True,         # Seg's constant mask noised at t ~ U(0, T) on every call
-        "ce_weight": 0.0,             # --loss dice
+        "ce_weight": 0.0,             # their loss option: dice
         "copy_paste": 0.0,            # their co-training has no mixing
     },
 }

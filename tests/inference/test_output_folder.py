@@ -53,6 +53,15 @@ def test_continue_needs_the_same_settings_and_names_the_differences(tmp_path):
     with pytest.raises(UserInputError, match=r"other settings \(folds: \[0\] -> \[1\]; tile_step_size"):
         with claim_output_folder(out, settings(tmp_path, folds=[1], tile_step_size=0.25), continue_prediction=True):
             pytest.fail("must not be entered")
+    # a speed-only setting (tiles per forward pass) is no other setting; a sampler setting is
+    previous_run(tmp_path / "sampled", settings(tmp_path, diffusion={"num_samples": 4, "tile_batch": 1}))
+    with claim_output_folder(tmp_path / "sampled", settings(tmp_path, diffusion={"num_samples": 4, "tile_batch": 3}),
+                             continue_prediction=True):
+        pass
+    with pytest.raises(UserInputError, match="other settings"):
+        with claim_output_folder(tmp_path / "sampled", settings(tmp_path, diffusion={"num_samples": 2}),
+                                 continue_prediction=True):
+            pytest.fail("must not be entered")
     (out / ARGS_FILE).unlink()
     with pytest.raises(UserInputError, match="no predict_args.json"):
         with claim_output_folder(out, settings(tmp_path), continue_prediction=True):
