@@ -138,6 +138,7 @@ def test_samples_run_batched_up_to_the_limit(env, recycle_model, tmp_path, max_b
     shutil.copy(first, images / first.name)
     run_prediction(predictor, images, tmp_path / "out")
     per_tile = [b for b in expected for _ in range(2)]  # each batch: 2 reverse steps
+    assert len(recorder.batches) >= len(per_tile), "the sampler never reached the network"
     assert len(recorder.batches) % len(per_tile) == 0
     assert recorder.batches == per_tile * (len(recorder.batches) // len(per_tile))
     assert len(list((tmp_path / "out" / "uncertainty").glob("*_entropy.nii.gz"))) == 1

@@ -132,7 +132,8 @@ def test_region_labels_and_ignore_label_accepted(ds):
     arr = label_array(SIZE_3D)
     arr[0, 0, 0] = 3
     write_image(label, arr)
-    validate_raw_dataset(ds)
+    report = validate_raw_dataset(ds)
+    assert report.num_cases == len(CASES) and not report.warnings, report.warnings
 
 
 def test_explicit_dataset_file_list_in_dataset_json(ds):
@@ -147,7 +148,8 @@ def test_explicit_dataset_file_list_in_dataset_json(ds):
 
 def test_tiny_origin_difference_within_tolerance_passes(ds):
     write_image(ds / "labelsTr" / "case_a.nii.gz", label_array(SIZE_3D), origin=(1e-5, 0.0, 0.0))
-    validate_raw_dataset(ds)
+    report = validate_raw_dataset(ds)
+    assert report.num_cases == len(CASES) and not report.warnings, report.warnings
 
 
 def test_float_label_with_integer_values_is_a_warning_only(ds):
