@@ -20,8 +20,10 @@ import torch
 from diffusion_nnunet import paths
 from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
 from diffusion_nnunet.ensemble import ensemble_folders
-from diffusion_nnunet.evaluation import evaluate_folders, write_evaluation
+from diffusion_nnunet.evaluation import evaluate_folders, load_evaluation, write_evaluation
+from diffusion_nnunet.find_best import foreground_mean_dice
 from diffusion_nnunet.inference.predictor import predict_folder
+from diffusion_nnunet.inference.review_list import finish_prediction
 from diffusion_nnunet.reporting import overlay_cases_png, results_table_markdown, results_table_text
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.run import train_fold
@@ -111,7 +113,8 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     # N = M samples by default: sample i on mirror variant i mod M, the samples are nnU-Net's TTA
     evaluated("PD-DDPM (nnU-Net start, one sample per mirror variant)", "pd_ddpm", lambda o: predict_folder(
         fold_dirs["recycle"].parent, raw / "imagesTs", o, folds=[settings.fold], device=device,
-        diffusion_options={"presegmentation": nnunet_predictions}))
+        diffusion_options={"presegmentation": nnunet_predictions, "keep_samples": True}))
+    review = finish_prediction(raw / "imagesTs", out / "predictions" / "pd_ddpm", fold_dirs["recycle"].parent)
     evaluated("ensemble (nnU-Net + diffusion)", "ensemble",
               lambda o: ensemble_folders([predictions[m[1]] for m in METHODS], o))
 
@@ -122,8 +125,12 @@ def run_demo(settings: DemoSettings, device: torch.device) -> list[dict]:
     overlay_cases_png(sorted((raw / "imagesTs").glob("*_0000" + plans_file_ending(raw))), predictions,
                       raw / "labelsTs", out / "overview.png", max_cases=4, file_ending=plans_file_ending(raw),
                       map_dirs={"PD-DDPM entropy": (out / "predictions" / "pd_ddpm" / "uncertainty", "_entropy")})
-    write_text(_report(settings, budget.name, configuration, rows, columns), out / "results.md")
+    review_rows = _review_rows(review, out / "evaluation_pd_ddpm.json")
+    write_text(_report(settings, budget.name, configuration, rows, columns, review_rows), out / "results.md")
     print(results_table_text(rows, columns, float_format="{:.4g}"))
+    if review_rows:
+        print("review list (PD-DDPM, least certain first):")
+        print(results_table_text(review_rows, list(review_rows[0]), float_format="{:.4g}"))
     print(f"table: {out / 'results.md'}   picture: {out / 'overview.png'}")
     return rows
 
@@ -154,7 +161,21 @@ def plans_file_ending(raw: Path) -> str:
     return json.loads((raw / "dataset.json").read_text())["file_ending"]
 
 
-def _report(settings: DemoSettings, budget: str, configuration: str, rows: list[dict], columns: list[str]) -> str:
+def _review_rows(review: dict | None, evaluation_file: Path, max_rows: int = 5) -> list[dict]:
+    """The least certain PD-DDPM cases, with the score that sorts them and each case's true Dice."""
+    if review is None:
+        return []
+    per_case = {r["case"]: foreground_mean_dice([r]) for r in load_evaluation(evaluation_file)["per_case"]}
+    return [{"case": c, review["sorted_by"]: review["scores"][c], "Dice": per_case.get(c, float("nan"))}
+            for c in review["order"][:max_rows]]
+
+
+def _report(settings: DemoSettings, budget: str, configuration: str, rows: list[dict], columns: list[str],
+            review_rows: list[dict]) -> str:
+    review = ("" if not review_rows else "\n\nReview list (PD-DDPM's samples, least certain first; the whole list "
+              "is `predictions/pd_ddpm/uncertainty/cases.csv`):\n\n"
+              + results_table_markdown(review_rows, list(review_rows[0]), float_format="{:.4g}"))
     return (f"# diffusion-nnunet demo\n\ndataset: {settings.dataset}, configuration {configuration}, "
             f"budget {budget}, fold {settings.fold}; metrics are means over imagesTs foreground classes.\n\n"
-            + results_table_markdown(rows, columns, float_format="{:.4g}") + "\n\n![overview](overview.png)\n")
+            + results_table_markdown(rows, columns, float_format="{:.4g}") + review
+            + "\n\n![overview](overview.png)\n")

@@ -24,6 +24,10 @@ def test_demo_writes_table_picture_and_all_methods(nnunet_dirs, tmp_path):
         assert img.width > img.height
         assert img.size == (7 * 300, 2 * 300)  # ... and PD-DDPM's entropy map (3-inch panels at 100 dpi)
     assert len(list((out / "predictions" / "pd_ddpm" / "uncertainty").glob("*_entropy.nii.gz"))) == 2
+    # the review list: every test case, least certain first, in the table too
+    review = (out / "predictions" / "pd_ddpm" / "uncertainty" / "cases.csv").read_text().splitlines()
+    assert len(review) == 1 + 2
+    assert "Review list" in table and review[1].split(",")[1] in table.split("Review list")[1]
     # a second run reuses the trained models and gives the same table
     again = run_demo(DemoSettings(output=str(out), budget="cpu-tiny", num_train=6, num_test=2), torch.device("cpu"))
     assert [r["Dice"] for r in again] == pytest.approx([r["Dice"] for r in rows])
