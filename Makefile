@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dnnunet demo
 
-# The whole suite, slow end-to-end tests included (CI runs this).
-test: $(STAMP)
+# Lint (pyflakes, pycodestyle, import order; settings in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Lint, then the whole suite, slow end-to-end tests included (CI runs this).
+test: lint
 	$(PY) -m pytest -q
 
 # Unit tests only, for a quick local loop.

@@ -22,6 +22,6 @@ setup(
         "nilearn>=0.10",  # ships the MNI152 template used by mni-tissue2d
         "filelock>=4.3",  # the fold lock: SoftFileLock's PID + host + start-time stale detection (also torch's)
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "medpy>=0.5"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "medpy>=0.5", "ruff>=0.17,<0.18"]},
     entry_points={"console_scripts": ["dnnunet=diffusion_nnunet.cli.main:main"]},
 )

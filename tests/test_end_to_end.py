@@ -19,10 +19,9 @@ import SimpleITK as sitk
 import torch
 
 from diffusion_nnunet.cli.main import main
+from tests.conftest import DATASET_ID, stock_copy
 
 pytestmark = pytest.mark.slow
-
-from tests.conftest import DATASET_ID, stock_copy
 
 
 def _read(path):

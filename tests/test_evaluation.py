@@ -10,8 +10,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from diffusion_nnunet.errors import InvalidDataError
-from diffusion_nnunet.evaluation import (evaluate_folders, format_table, load_evaluation, read_segmentation,
-                                         write_evaluation)
+from diffusion_nnunet.evaluation import (
+    evaluate_folders,
+    format_table,
+    load_evaluation,
+    read_segmentation,
+    write_evaluation,
+)
 
 LABELS = {"background": 0, "a": 1, "b": 2, "c": 3}
 

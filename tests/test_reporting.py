@@ -9,8 +9,14 @@ import SimpleITK as sitk
 from PIL import Image
 
 from diffusion_nnunet.errors import InvalidDataError, UserInputError
-from diffusion_nnunet.reporting import (PANEL_INCHES, most_foreground_slice, overlay_cases_png, overlay_png,
-                                        results_table_markdown, results_table_text)
+from diffusion_nnunet.reporting import (
+    PANEL_INCHES,
+    most_foreground_slice,
+    overlay_cases_png,
+    overlay_png,
+    results_table_markdown,
+    results_table_text,
+)
 
 PX = int(PANEL_INCHES * 100)  # panel size in pixels at the figures' 100 dpi
 

@@ -18,9 +18,10 @@ TRAIN = train_args()
 
 @pytest.mark.slow
 def test_semi_supervised_pipeline(nnunet_dirs, tmp_path):
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
     from diffusion_nnunet.cli.main import main
     from diffusion_nnunet.datasets import make_dataset
-    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     from planning.budget import get_budget
     from planning.pipeline import plan_and_preprocess
 

@@ -81,8 +81,8 @@ def parse_semi_options(items: list[str]) -> dict:
 
 
 def run(args):
-    from diffusion_nnunet.training import registry
     from diffusion_nnunet.errors import UserInputError
+    from diffusion_nnunet.training import registry
     from diffusion_nnunet.training.distributed import WorkerFailedError
     from diffusion_nnunet.training.fold_state import resume_command
     from diffusion_nnunet.training.run import train

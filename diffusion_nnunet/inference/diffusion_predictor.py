@@ -33,26 +33,16 @@ from diffusion_nnunet.errors import InvalidDataError, UserInputError
 from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.predictor import DnnPredictor
 from diffusion_nnunet.inference.presegmentation import load_presegmentation, to_original, to_preprocessed
-from diffusion_nnunet.inference.uncertainty import (UncertaintyMaps, predictive_entropy, uncertainty_maps,
-                                                   write_uncertainty_maps)
+from diffusion_nnunet.inference.uncertainty import (
+    UncertaintyMaps,
+    predictive_entropy,
+    uncertainty_maps,
+    write_uncertainty_maps,
+)
+from diffusion_nnunet.inference.wide_labels import WideLabels
 from diffusion_nnunet.utils.atomic import write_json
 
 logger = logging.getLogger(__name__)
-
-
-class _WideLabels:
-    """The label manager, but with more `num_segmentation_heads`: the sliding window then
-    allocates room for every recorded step and the uncertainty channels."""
-
-    def __init__(self, label_manager, channels: int):
-        self._lm, self._channels = label_manager, channels
-
-    def __getattr__(self, name):
-        return getattr(self._lm, name)
-
-    @property
-    def num_segmentation_heads(self) -> int:
-        return self._channels
 
 
 class DiffusionPredictor(DnnPredictor):
@@ -229,7 +219,7 @@ class DiffusionPredictor(DnnPredictor):
         c = self._num_classes = real.num_segmentation_heads
         extra = 2 if self.uncertainty else 0
         runs = len(self._runs())
-        self.label_manager = _WideLabels(real, k * c + extra + (runs * c if self.keep_samples else 0))
+        self.label_manager = WideLabels(real, k * c + extra + (runs * c if self.keep_samples else 0))
         try:
             out = super().predict_sliding_window_return_logits(input_image)
         finally:

@@ -18,23 +18,10 @@ import torch
 
 from diffusion_nnunet.inference.predictor import DnnPredictor, run_prediction
 from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score, write_review_list
+from diffusion_nnunet.inference.wide_labels import WideLabels
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
-
-
-class _Heads:
-    """The label manager with `channels` segmentation heads (room for every variant's logits)."""
-
-    def __init__(self, label_manager, channels: int):
-        self._lm, self._channels = label_manager, channels
-
-    def __getattr__(self, name):
-        return getattr(self._lm, name)
-
-    @property
-    def num_segmentation_heads(self) -> int:
-        return self._channels
 
 
 class MirrorVariantPredictor(DnnPredictor):
@@ -65,7 +52,7 @@ class MirrorVariantPredictor(DnnPredictor):
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
         real = self.label_manager
         c, v = real.num_segmentation_heads, len(self._mirror_variants())
-        self.label_manager = _Heads(real, v * c)
+        self.label_manager = WideLabels(real, v * c)
         try:
             out = super().predict_sliding_window_return_logits(input_image)
         finally:

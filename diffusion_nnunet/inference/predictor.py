@@ -28,8 +28,12 @@ from tqdm.auto import tqdm
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.checkpoint_io import load_weights, read_checkpoint
-from diffusion_nnunet.inference.output_folder import (claim_output_folder, finished_cases, prediction_settings,
-                                                     refuse_output_inside_input)
+from diffusion_nnunet.inference.output_folder import (
+    claim_output_folder,
+    finished_cases,
+    prediction_settings,
+    refuse_output_inside_input,
+)
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.config import TrainingConfig

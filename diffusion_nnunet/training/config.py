@@ -12,7 +12,6 @@ from pathlib import Path
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.utils.atomic import write_json
 
-
 STRATEGIES = ("standard", "self_condition", "recycle_next", "recycle")
 SAMPLERS = ("ddpm", "ddim")
 

@@ -10,8 +10,16 @@ import SimpleITK as sitk
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from diffusion_nnunet.datasets import DEFAULT_IDS, GENERATORS, Case, DatasetGenerator, make_dataset
-from diffusion_nnunet.datasets import mni_tissue2d, synthetic_ct3d, synthetic_us2d
+from diffusion_nnunet.datasets import (
+    DEFAULT_IDS,
+    GENERATORS,
+    Case,
+    DatasetGenerator,
+    make_dataset,
+    mni_tissue2d,
+    synthetic_ct3d,
+    synthetic_us2d,
+)
 from diffusion_nnunet.datasets.make import build_dataset
 from diffusion_nnunet.errors import UserInputError
 

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_nnunet.diffusion.schedule import (NoiseSchedule, mask_to_x0, network_mask_input, respaced_indices,
-                                                 x0_from_logits)
+from diffusion_nnunet.diffusion.schedule import (
+    NoiseSchedule,
+    mask_to_x0,
+    network_mask_input,
+    respaced_indices,
+    x0_from_logits,
+)
 
 
 def _fine_abar(n: int = 1001, b0: float = 1e-4, b1: float = 0.02) -> list[float]:

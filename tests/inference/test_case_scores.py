@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 from diffusion_nnunet.errors import InvalidDataError
-from diffusion_nnunet.inference.case_scores import (boundary_band, case_scores, case_scores_from_folders,
-                                                    rank_cases, write_case_table)
+from diffusion_nnunet.inference.case_scores import (
+    boundary_band,
+    case_scores,
+    case_scores_from_folders,
+    rank_cases,
+    write_case_table,
+)
 
 
 def onehot(label: np.ndarray, c: int) -> np.ndarray:

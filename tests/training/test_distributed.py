@@ -21,8 +21,14 @@ import torch
 
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import distributed
-from diffusion_nnunet.training.distributed import (DistributedEnv, WorkerFailedError, backend_for,
-                                                   cpu_threads_per_process, device_for_rank, shard_batch)
+from diffusion_nnunet.training.distributed import (
+    DistributedEnv,
+    WorkerFailedError,
+    backend_for,
+    cpu_threads_per_process,
+    device_for_rank,
+    shard_batch,
+)
 
 DATASET_ID = 513
 
@@ -176,7 +182,7 @@ def _pair_closure_gradients(device: torch.device, out_file: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from diffusion_nnunet.networks.twin import CoTrainPair
-    from tests.training.test_semi_supervised import C, SHAPE, tiny_twin
+    from tests.training.test_semi_supervised import SHAPE, C, tiny_twin
 
     pair = CoTrainPair(tiny_twin(0), tiny_twin(1))
     g = torch.Generator().manual_seed(5)

@@ -7,11 +7,9 @@ they exercise runs before the trainer is built. The slow ones train a tiny plan.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
