@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import fold_lock, fold_state
+from tests.helpers import hold_lock_in_subprocess
 
 FAKE_ID = 541
 FAKE_NAME = f"Dataset{FAKE_ID}_Fake"
@@ -88,18 +87,10 @@ def test_train_refuses_a_fold_outside_the_split_before_any_work(fake, capsys):
 
 
 # ----------------------------------------------------------------------------- item 4: one run per fold
-def _hold_lock_in_subprocess(lock_file: Path) -> subprocess.Popen:
-    code = ("import sys, time; from filelock import SoftFileLock; l = SoftFileLock(sys.argv[1], timeout=0); "
-            "l.acquire(); print('held', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_a_second_run_of_a_fold_is_refused_naming_the_lock_and_its_holder(fake, capsys):
     lock_file = fold_lock.fold_lock_path(fake.model, 1)
     (fake.model / "fold_1").mkdir(parents=True)
-    holder = _hold_lock_in_subprocess(lock_file)
+    holder = hold_lock_in_subprocess(lock_file)
     try:
         before = _tree(fake.model)
         assert _main("-f", "1") == 2
@@ -118,7 +109,7 @@ def test_a_second_run_of_a_fold_is_refused_naming_the_lock_and_its_holder(fake, 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over_and_released_on_exit(tmp_path):
     lock_file = fold_lock.fold_lock_path(tmp_path, 0)
-    holder = _hold_lock_in_subprocess(lock_file)
+    holder = hold_lock_in_subprocess(lock_file)
     with pytest.raises(fold_lock.FoldLockedError, match=f"PID {holder.pid}"):
         with fold_lock.fold_lock(tmp_path, 0):
             pass
@@ -216,7 +207,7 @@ def test_overwrite_deletes_a_model_folder_of_other_plans_once_no_fold_is_in_trai
         _fake_checkpoint(fake.model / f"fold_{fold}" / "checkpoint_final.pth", 2, _plans((4, 8)))
     guard = dict(dataset=str(FAKE_ID), configuration="2d", fold=1, trainer="baseline", plans_name="dnnunetPlans",
                  continue_training=False)
-    holder = _hold_lock_in_subprocess(fold_lock.fold_lock_path(fake.model, 0))  # fold 0 is in training
+    holder = hold_lock_in_subprocess(fold_lock.fold_lock_path(fake.model, 0))  # fold 0 is in training
     try:
         with pytest.raises(fold_lock.FoldLockedError, match="fold_0"):
             with run._guarded_fold(**guard, overwrite=True):

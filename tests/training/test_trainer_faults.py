@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from diffusion_nnunet.training import distributed, fold_lock
+from tests.helpers import hold_lock_in_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +69,6 @@ def _subprocess(args: list[str], fault: str | None = None) -> subprocess.Complet
 
 def _ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _hold_lock(lock_file: Path) -> subprocess.Popen:
-    code = ("import sys, time; from filelock import SoftFileLock; l = SoftFileLock(sys.argv[1], timeout=0); "
-            "l.acquire(); print('held', flush=True); time.sleep(300)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 # ----------------------------------------------------------------------------- item 2
@@ -174,7 +167,7 @@ def test_kill_truncated_checkpoint_concurrent_run_and_resume(case, plan_env, req
 
     # a second run of the fold while one is running is refused, a resume included, and changes nothing
     lock_file = fold_lock.fold_lock_path(model, fold_number)
-    holder = _hold_lock(lock_file)
+    holder = hold_lock_in_subprocess(lock_file)
     try:
         before = sorted((p.name, p.stat().st_mtime_ns) for p in fold.iterdir())
         assert _main(*args, "--continue") == 2
