@@ -27,6 +27,7 @@ from diffusion_nnunet.inference.predictor import (
     DnnPredictor,
     load_predictor,
     predict_folder,
+    prediction_arguments,
 )
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
@@ -151,13 +152,9 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
 def _run_settings(input_dir: Path, folders: dict[str, Path], nnunet_model, diffusion_model, nnunet_folds,
                   diffusion_folds, diffusion_options: dict, use_mirroring: bool, weights: np.ndarray) -> dict:
     """The predict_args.json of each folder, as the disk path's predict_folder / ensemble_folders write them."""
-    common = {"checkpoint": "checkpoint_final.pth", "use_mirroring": use_mirroring, "tile_step_size": 0.5}
-
-    def run(model, folds, options: dict) -> dict:
-        arguments = {"model": str(Path(model).absolute()), "folds": folds, **common,
-                     "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                   for k, v in options.items() if v is not None}}
-        return prediction_settings(input_dir, True, arguments)
+    def run(model, folds, options: dict) -> dict:  # predict_folder's defaults: final checkpoint, step 0.5
+        return prediction_settings(input_dir, True, prediction_arguments(model, folds, "checkpoint_final.pth",
+                                                                         use_mirroring, 0.5, options))
 
     return {"nnunet": run(nnunet_model, nnunet_folds, {"tile_batch": diffusion_options["tile_batch"]}),
             "pd_ddpm": run(diffusion_model, diffusion_folds, diffusion_options),

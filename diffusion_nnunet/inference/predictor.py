@@ -236,6 +236,15 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
     return predictor
 
 
+def prediction_arguments(model_dir, folds, checkpoint_name: str, use_mirroring: bool, tile_step_size: float,
+                         diffusion_options: dict) -> dict:
+    """What a prediction folder's predict_args.json records of the model and its settings (JSON values)."""
+    return {"model": str(Path(model_dir).absolute()), "folds": folds, "checkpoint": checkpoint_name,
+            "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
+            "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                          for k, v in diffusion_options.items() if v is not None}}
+
+
 def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,
                    checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
                    save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
@@ -265,10 +274,8 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
     """
     diffusion_options = dict(diffusion_options or {})
     presegmenter = diffusion_options.pop("presegmenter", None)
-    arguments = {"model": str(Path(model_dir).absolute()), "folds": folds, "checkpoint": checkpoint_name,
-                 "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-                 "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                               for k, v in diffusion_options.items() if v is not None}}
+    arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size,
+                                     diffusion_options)
     if presegmenter is None:
         predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
                                    diffusion_options)
