@@ -20,6 +20,9 @@ def add_arguments(p):
     p.add_argument("--keep-classes", nargs="+", default=None, metavar="CLASS",
                    help="keep only these foreground classes (names or label values, e.g. lesion); the others "
                         "are merged into background and the labels renumbered 1, 2, ... (binary tasks)")
+    p.add_argument("--sparse-labels", type=float, default=None, metavar="FRACTION",
+                   help="annotate only this share of each training label (seeded 16-voxel blocks); the rest gets "
+                        "dataset.json's ignore label (sparse annotations, as nnU-Net v2 supports)")
 
 
 def run(args):
@@ -27,6 +30,7 @@ def run(args):
     from diffusion_nnunet.datasets import make_dataset
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
-                          args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes)
+                          args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes,
+                          sparse_labels=args.sparse_labels)
     print(folder)
     return 0

@@ -18,6 +18,7 @@ from diffusion_nnunet.datasets.difficulty import TEST_DIFFICULTIES, vary_test_ca
 from diffusion_nnunet.datasets.keep_classes import apply_keep_classes, resolve_kept_classes
 from diffusion_nnunet.datasets.partial_labels import apply_labelled_fraction, num_labelled
 from diffusion_nnunet.datasets.raw_writer import write_cases
+from diffusion_nnunet.datasets.sparse_labels import apply_sparse_labels, check_fraction
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.utils.atomic import write_json
 
@@ -61,7 +62,8 @@ def _check_destination(raw_root: Path, dataset_id: int, destination: Path, overw
 def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int | None = None,
                   num_train: int | None = None, num_test: int | None = None, seed: int = 0,
                   overwrite: bool = False, labelled_fraction: float | None = None,
-                  test_difficulty: str = "varied", keep_classes: list[str] | None = None) -> Path:
+                  test_difficulty: str = "varied", keep_classes: list[str] | None = None,
+                  sparse_labels: float | None = None) -> Path:
     """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
 
     Args:
@@ -79,6 +81,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
             test cases as simulated. Training cases are the same either way.
         keep_classes: class names or values to keep; other foreground classes become background
             and the labels are renumbered (``datasets.keep_classes``). None: all classes.
+        sparse_labels: annotate only this share of each training label (seeded blocks); the
+            rest gets dataset.json's ``ignore`` label (``datasets.sparse_labels``). None: dense.
 
     Raises:
         UserInputError: bad arguments, existing folder without overwrite, or the id is taken
@@ -92,6 +96,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         num_labelled(num_train, labelled_fraction)  # checks the fraction before any work
     if keep_classes is not None:
         resolve_kept_classes(dict(generator.labels), keep_classes)  # and the classes
+    if sparse_labels is not None:
+        check_fraction(sparse_labels)
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
@@ -110,6 +116,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         write_cases(tmp, generator, cases)
         if keep_classes is not None:
             apply_keep_classes(tmp, keep_classes)
+        if sparse_labels is not None:
+            apply_sparse_labels(tmp, sparse_labels, seed)
         if difficulties:
             write_json({"test_difficulty": test_difficulty, "cases": difficulties}, tmp / "test_difficulty.json")
         if labelled_fraction is not None:

@@ -5,7 +5,7 @@ re-spaced sub-sequence when ``num_steps`` is given) and ``k`` the start index in
 ``i = k, k-1, ..., 0`` does::
 
     logits = denoise(m_i, t_net_i)            # m_i = (clip(x_i, -1, 1) + 1) / 2
-    p_i    = softmax(logits, dim=1)           # the step's probabilities (per_step[...])
+    p_i    = softmax(logits, dim=1)           # the step's probabilities (per_step[...]); sigmoid for regions
     x0_hat = 2 p_i - 1
     x_{i-1} = ddpm_step / ddim_step(x0_hat, x_i, i)
 
@@ -69,12 +69,15 @@ class SamplingResult:
     steps_run: list[int]
 
 
-def pre_segmentation_x0(probabilities: Tensor, soft: bool = False) -> Tensor:
-    """PD-DDPM start estimate from a pre-segmentation's class probabilities.
+def pre_segmentation_x0(probabilities: Tensor, soft: bool = False, regions: bool = False) -> Tensor:
+    """PD-DDPM start estimate from a pre-segmentation's class (or region) probabilities.
 
     Args:
-        probabilities: (B, C, *spatial) class probabilities of the pre-segmentation network.
-        soft: use ``2 p - 1`` instead of the default ``2 onehot(argmax p) - 1``.
+        probabilities: (B, C, *spatial) class probabilities of the pre-segmentation network
+            (region-based: per-region probabilities).
+        soft: use ``2 p - 1`` instead of the default ``2 onehot(argmax p) - 1``
+            (regions: ``2 [p > 0.5] - 1``).
+        regions: the channels are independent regions (label_space.py), not classes.
 
     Returns:
         x0_pre in [-1, 1], same shape (float).
@@ -82,6 +85,8 @@ def pre_segmentation_x0(probabilities: Tensor, soft: bool = False) -> Tensor:
     p = probabilities if probabilities.is_floating_point() else probabilities.float()
     if soft:
         return 2.0 * p - 1.0
+    if regions:
+        return 2.0 * (p > 0.5).to(p.dtype) - 1.0
     hard = torch.zeros_like(p).scatter_(1, p.argmax(1, keepdim=True), 1.0)
     return 2.0 * hard - 1.0
 
@@ -91,7 +96,7 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
            num_steps: int | None = None, start_step: int | None = None, x0_start: Tensor | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None, keep_steps: bool = False, device=None,
            dtype: torch.dtype = torch.float32, self_condition: bool = False,
-           x_start: Tensor | None = None) -> SamplingResult:
+           x_start: Tensor | None = None, regions: bool = False) -> SamplingResult:
     """Sample a segmentation by running the reverse process (see module docstring).
 
     Args:
@@ -112,6 +117,8 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
         dtype: floating dtype of the state and of the probabilities.
         self_condition: call the denoiser with the self-conditioning channels.
         x_start: explicit state at ``start_step`` (overrides noise and ``x0_start``).
+        regions: region-based labels: per-channel sigmoid instead of the softmax
+            (``diffusion.label_space``); the probabilities are then per region.
 
     Returns:
         SamplingResult.
@@ -152,7 +159,7 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
         logits = denoise(m_t, t_net, sc) if self_condition else denoise(m_t, t_net)
         if tuple(logits.shape) != shape:
             raise ValueError(f"denoise returned shape {tuple(logits.shape)}, expected {shape}")
-        probs = torch.softmax(logits.to(dtype), dim=1)
+        probs = torch.sigmoid(logits.to(dtype)) if regions else torch.softmax(logits.to(dtype), dim=1)
         x0_hat = 2.0 * probs - 1.0
         if sampler == "ddpm" and isinstance(generator, (list, tuple)) and i > 0:
             # NoiseSchedule.ddpm_step draws from one generator; per-element noise is added here

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule, x0_from_logits
+from diffusion_nnunet.diffusion.label_space import LabelSpace
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks.denoiser import build_denoiser
 from diffusion_nnunet.training import strategies
@@ -34,20 +34,19 @@ from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 logger = logging.getLogger(__name__)
 
 
-def mask_x0(seg: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """x0 = 2 * onehot(y) - 1 from a (B, 1, *spatial) label map."""
-    onehot = F.one_hot(seg[:, 0].long(), num_classes).movedim(-1, 1)
-    return 2 * onehot.to(torch.float32) - 1
-
-
 class DnnDiffusionTrainer(DnnTrainer):
     """Diffusion segmentation head on nnU-Net (see module docstring)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cpu")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
-            raise UserInputError("diffusion trainers need plain consecutive labels (no regions, no ignore label)")
+        # classes or regions, and the ignore label (diffusion/label_space.py)
+        self.label_space = LabelSpace.from_label_manager(self.label_manager)
+        if self.label_manager.has_regions:
+            raise UserInputError(
+                f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has region-based labels "
+                "(regions_class_order in dataset.json); diffusion trainers do not train on regions yet, "
+                "train the baseline (-tr baseline)")
 
     @classmethod
     def default_config(cls) -> TrainingConfig:
@@ -119,10 +118,11 @@ class DnnDiffusionTrainer(DnnTrainer):
     # ---------------------------------------------------------------- training
     def compute_loss(self, data: torch.Tensor, target, update_sampler: bool = True) -> torch.Tensor:
         seg = target[0] if isinstance(target, (list, tuple)) else target
-        x0 = mask_x0(seg, self.label_manager.num_segmentation_heads)
+        # ignored voxels: background in x0; the loss (nnU-Net's, built for the ignore label) masks them
+        x0 = self.label_space.target_x0(seg)
 
         def first_pass(x_t, t):
-            return x0_from_logits(self._denoise(data, x_t, t))
+            return self.label_space.x0_from_logits(self._denoise(data, x_t, t))
 
         kwargs = {"probability": self.diffusion.self_condition_probability} \
             if self.diffusion.strategy == "self_condition" else {}
@@ -147,17 +147,26 @@ class DnnDiffusionTrainer(DnnTrainer):
 
         shape = (data.shape[0], self.label_manager.num_segmentation_heads, *data.shape[2:])
         return sample(denoise, shape, self.schedule, self.diffusion.sampler, self.diffusion.sampling_steps,
-                      generator=generator, keep_steps=keep_steps, device=data.device, self_condition=sc)
+                      generator=generator, keep_steps=keep_steps, device=data.device, self_condition=sc,
+                      regions=self.label_space.regions)
 
     def validation_step(self, batch: dict) -> dict:
         data, target = self._to_device(batch)
         loss = self.compute_loss(data, target, update_sampler=False)
         seg = target[0] if isinstance(target, (list, tuple)) else target
-        probs = self.sample_probabilities(data).probabilities
-        pred = torch.zeros_like(probs).scatter_(1, probs.argmax(1, keepdim=True), 1)
-        tp, fp, fn, _ = get_tp_fp_fn_tn(pred, seg, axes=[0] + list(range(2, probs.ndim)))
-        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy()[1:], "fp_hard": fp.cpu().numpy()[1:],
-                "fn_hard": fn.cpu().numpy()[1:]}
+        space = self.label_space
+        pred = space.hard(self.sample_probabilities(data).probabilities)
+        # as nnU-Net's validation_step: ignored voxels masked out, no background Dice for classes
+        tp, fp, fn, _ = get_tp_fp_fn_tn(pred, space.target_onehot(seg), axes=[0] + list(range(2, pred.ndim)),
+                                        mask=space.keep_mask(seg))
+        first = 0 if space.regions else 1
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy()[first:],
+                "fp_hard": fp.cpu().numpy()[first:], "fn_hard": fn.cpu().numpy()[first:]}
+
+    def _keep(self, seg: torch.Tensor) -> torch.Tensor | None:
+        """Annotated voxels of a label map (None without ignore label)."""
+        ignore = self.label_space.ignore_label
+        return None if ignore is None else seg != ignore
 
     # ---------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -189,9 +198,11 @@ class DnnDiffusionTrainer(DnnTrainer):
             with torch.no_grad():
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
             per_step = predictor.last_per_step  # (K, C, *spatial) log-probabilities, first = first step run
-            ref = torch.from_numpy(np.asarray(seg[:]))
+            ref = torch.from_numpy(np.asarray(seg[:]))[0]
             # the predictor's per-step probabilities live on its device, the reference on the CPU
-            counts = np.stack([_tp_fp_fn(step.argmax(0).cpu(), ref[0], self.label_manager.num_segmentation_heads)
+            counts = np.stack([_tp_fp_fn(self.label_space.hard(self.label_space.probabilities(step.cpu().float(), 0),
+                                                               0),
+                                         self.label_space.label_map_onehot(ref), self._keep(ref))
                                for step in per_step])
             step_counts = counts if step_counts is None else step_counts + counts
             export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
@@ -199,16 +210,19 @@ class DnnDiffusionTrainer(DnnTrainer):
         metrics = compute_metrics_on_folder(str(Path(self.preprocessed_dataset_folder_base) / "gt_segmentations"),
                                             str(out_dir), str(out_dir / "summary.json"),
                                             self.plans_manager.image_reader_writer_class(),
-                                            self.dataset_json["file_ending"], self.label_manager.foreground_labels,
-                                            None, chill=True, num_processes=1)
+                                            self.dataset_json["file_ending"],
+                                            self.label_manager.foreground_regions if self.label_space.regions
+                                            else self.label_manager.foreground_labels,
+                                            self.label_manager.ignore_label, chill=True, num_processes=1)
         summary = json.loads((out_dir / "summary.json").read_text())
         if step_counts is not None:
             tp, fp, fn = step_counts[:, 0], step_counts[:, 1], step_counts[:, 2]
             dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+            fg = dice if self.label_space.regions else dice[:, 1:]
             summary["dice_per_sampling_step"] = {
                 "sampler": self.diffusion.sampler, "steps_run": predictor.last_steps_run,
-                "mean_foreground_dice": dice[:, 1:].mean(1).round(5).tolist(),
-                "per_class": dice[:, 1:].round(5).tolist(),
+                "mean_foreground_dice": fg.mean(1).round(5).tolist(),
+                "per_class": fg.round(5).tolist(),
                 "note": "Dice over all validation voxels in the preprocessed space, after each reverse step",
             }
         write_json(summary, out_dir / "summary.json")
@@ -217,14 +231,14 @@ class DnnDiffusionTrainer(DnnTrainer):
         self.set_deep_supervision_enabled(True)
 
 
-def _tp_fp_fn(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> np.ndarray:
-    """(3, C) counts of true positives, false positives and false negatives per class."""
-    pred, ref = pred.reshape(-1).long(), ref.reshape(-1).long()
-    out = np.zeros((3, num_classes))
-    for c in range(num_classes):
-        p, r = pred == c, ref == c
-        out[:, c] = [(p & r).sum().item(), (p & ~r).sum().item(), (~p & r).sum().item()]
-    return out
+def _tp_fp_fn(pred: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor | None) -> np.ndarray:
+    """(3, C) counts of true positives, false positives and false negatives per channel of the
+    {0, 1} masks `pred` and `ref` (C, *spatial), over the voxels where `keep` (None: all)."""
+    pred, ref = pred.flatten(1).bool(), ref.flatten(1).bool()
+    if keep is not None:
+        keep = keep.reshape(1, -1)
+        pred, ref = pred & keep, ref & keep
+    return torch.stack([(pred & ref).sum(1), (pred & ~ref).sum(1), (~pred & ref).sum(1)]).double().numpy()
 
 
 STRATEGY_TRAINERS = {

@@ -71,6 +71,22 @@ class _SemiBase(DnnDiffusionTrainer):
     # the student's Rec never gets a gradient, nor does the teacher's Rec without rounds (cps)
     ddp_find_unused_parameters = True
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cpu")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_regions:
+            raise UserInputError(
+                f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has region-based labels "
+                "(regions_class_order in dataset.json); the semi-supervised trainers work on classes (softmax) "
+                "only. Train the baseline or a diffusion trainer (standard, self_condition, recycle_next, recycle)")
+        if self.label_manager.has_ignore_label:
+            # their losses (semi_losses.py) take dense labels: a mask of ignored voxels is not carried
+            raise UserInputError(
+                f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has an ignore label "
+                f"({self.label_manager.ignore_label}, sparse annotations); the semi-supervised trainers need "
+                "dense labels. Train the baseline or a diffusion trainer (standard, self_condition, recycle_next, "
+                "recycle), which mask ignored voxels")
+
     @classmethod
     def default_config(cls) -> TrainingConfig:
         config = super().default_config()
