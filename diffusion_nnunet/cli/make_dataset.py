@@ -1,11 +1,11 @@
 """dnnunet make-dataset"""
 
-NAMES = ("synthetic-us2d", "synthetic-ct3d", "mni-tissue2d")
+NAMES = ("synthetic-us2d", "synthetic-ct3d", "mni-tissue2d", "synthetic-brats2d")
 
 
 def add_arguments(p):
     p.add_argument("name", choices=NAMES, help="which dataset to generate")
-    p.add_argument("--id", type=int, default=None, help="dataset id (default: 501/502/503)")
+    p.add_argument("--id", type=int, default=None, help="dataset id (default: 501/502/503/504)")
     p.add_argument("--num-train", type=int, default=None, help="training cases (default: generator's)")
     p.add_argument("--num-test", type=int, default=None, help="test cases (default: generator's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

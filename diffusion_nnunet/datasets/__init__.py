@@ -3,6 +3,7 @@
 - ``synthetic-us2d``: 2D ultrasound-like images (speckle, attenuation, layer + lesion).
 - ``synthetic-ct3d``: 3D CT-like volumes in HU with anisotropic spacing and four organs.
 - ``mni-tissue2d``: real MR, axial slices of the MNI152 2009a template, tissue classes.
+- ``synthetic-brats2d``: 2D brain-tumour MR in four channels, BraTS's nested regions.
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 from diffusion_nnunet.datasets.base import Case, DatasetGenerator
 from diffusion_nnunet.datasets.make import build_dataset, dataset_folder_name
 from diffusion_nnunet.datasets.mni_tissue2d import GENERATOR as _MNI_TISSUE2D
+from diffusion_nnunet.datasets.synthetic_brats2d import GENERATOR as _SYNTHETIC_BRATS2D
 from diffusion_nnunet.datasets.synthetic_ct3d import GENERATOR as _SYNTHETIC_CT3D
 from diffusion_nnunet.datasets.synthetic_us2d import GENERATOR as _SYNTHETIC_US2D
 from diffusion_nnunet.errors import UserInputError
 
 GENERATORS: dict[str, DatasetGenerator] = {
-    g.name: g for g in (_SYNTHETIC_US2D, _SYNTHETIC_CT3D, _MNI_TISSUE2D)
+    g.name: g for g in (_SYNTHETIC_US2D, _SYNTHETIC_CT3D, _MNI_TISSUE2D, _SYNTHETIC_BRATS2D)
 }
 DEFAULT_IDS: dict[str, int] = {name: g.default_id for name, g in GENERATORS.items()}
 

@@ -46,7 +46,8 @@ class DatasetGenerator:
         default_id: nnU-Net dataset id used when the caller gives none.
         channel_names: dataset.json ``channel_names`` (index as string -> modality name).
             nnU-Net picks its intensity normalisation from these names ("CT" -> CT scheme).
-        labels: dataset.json ``labels`` (name -> integer), including ``"background": 0``.
+        labels: dataset.json ``labels`` (name -> integer), including ``"background": 0``; for
+            region-based datasets name -> tuple of the label values a region holds.
         default_num_train: training cases when the caller gives none (None: generator decides).
         default_num_test: test cases when the caller gives none (None: generator decides).
         cases: ``cases(num_train, num_test, seed)`` yielding `Case` objects.
@@ -59,13 +60,16 @@ class DatasetGenerator:
         degrade_window: the intensity interval that test-case degradation changes (CT: soft tissue,
             so air and bone keep their HU; MR: above the skull-stripped zero background); None: all.
         test_contrast: whether hard test cases also lose contrast (not in CT, whose HU are absolute).
+        regions_class_order: dataset.json ``regions_class_order`` of a region-based dataset
+            (the label value each region paints when a prediction is turned into a label map);
+            None: classes.
     """
 
     name: str
     folder_name: str
     default_id: int
     channel_names: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | tuple[int, ...]]
     default_num_train: int | None
     default_num_test: int | None
     cases: Callable[[int | None, int | None, int], Iterator[Case]]
@@ -76,6 +80,7 @@ class DatasetGenerator:
     value_range: tuple[float, float] | None = None
     degrade_window: tuple[float, float] | None = None
     test_contrast: bool = True
+    regions_class_order: tuple[int, ...] | None = None
 
 
 def case_rng(seed: int, split: Split, index: int) -> np.random.Generator:
@@ -92,13 +97,14 @@ def case_rng(seed: int, split: Split, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0 if split == "Tr" else 1, int(index)])
 
 
-def simulated_cases(prefix: str, simulate: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
+def simulated_cases(prefix: str, simulate: Callable[[np.random.Generator], tuple],
                     spacing) -> Callable[[int | None, int | None, int], Iterator[Case]]:
     """The `cases` function of a generator that simulates one case per random stream.
 
     Args:
         prefix: case names are ``{prefix}_tr_0000`` ... and ``{prefix}_ts_0000`` ...
-        simulate: draws (image, label) from a case's random generator.
+        simulate: draws (image, label) from a case's random generator; image may be a tuple of
+            channels.
         spacing: voxel spacing of every case.
     """
 
@@ -107,6 +113,7 @@ def simulated_cases(prefix: str, simulate: Callable[[np.random.Generator], tuple
         for split, count in counts.items():
             for index in range(count):
                 image, label = simulate(case_rng(seed, split, index))
-                yield Case(f"{prefix}_{split.lower()}_{index:04d}", split, (image,), label, spacing)
+                channels = tuple(image) if isinstance(image, (tuple, list)) else (image,)
+                yield Case(f"{prefix}_{split.lower()}_{index:04d}", split, channels, label, spacing)
 
     return cases

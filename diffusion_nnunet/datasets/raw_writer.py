@@ -100,7 +100,7 @@ def write_dataset_json(folder: Path, generator: DatasetGenerator, num_training: 
     """
     content = {
         "channel_names": dict(generator.channel_names),
-        "labels": dict(generator.labels),
+        "labels": {name: list(v) if isinstance(v, tuple) else v for name, v in generator.labels.items()},
         "numTraining": int(num_training),
         "file_ending": FILE_ENDING,
         # SimpleITKIO is what nnunetv2 would pick for .nii.gz anyway; being explicit pins the
@@ -112,6 +112,8 @@ def write_dataset_json(folder: Path, generator: DatasetGenerator, num_training: 
         "licence": generator.licence,
         "numTest": int(num_test),
     }
+    if generator.regions_class_order is not None:
+        content["regions_class_order"] = list(generator.regions_class_order)
     write_json(content, folder / "dataset.json")
 
 

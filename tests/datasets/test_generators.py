@@ -56,8 +56,9 @@ def mni_full(tmp_path_factory) -> Path:
 
 
 def test_registry_matches_default_ids():
-    assert sorted(GENERATORS) == sorted(NAMES)
-    assert DEFAULT_IDS == {"synthetic-us2d": 501, "synthetic-ct3d": 502, "mni-tissue2d": 503}
+    assert sorted(GENERATORS) == sorted(NAMES + ["synthetic-brats2d"])  # region labels: test_brats2d.py
+    assert DEFAULT_IDS == {"synthetic-us2d": 501, "synthetic-ct3d": 502, "mni-tissue2d": 503,
+                           "synthetic-brats2d": 504}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,94 @@
+"""Region-based labels (dataset.json ``regions_class_order``, issue 19 item 2) on synthetic-brats2d.
+
+The generator writes BraTS's nested regions; the baseline trains as nnU-Net does (sigmoid,
+Dice + BCE), which nnunetv2 switches to itself when its label manager has regions.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from diffusion_nnunet.datasets import make_dataset
+from diffusion_nnunet.datasets.synthetic_brats2d import MIN_REGION_PIXELS
+from planning.validate import validate_raw_dataset
+
+DATASET_ID = 564
+SHORT = ["-device", "cpu", "--seed", "0", "--iterations", "2", "--val-iterations", "1"]
+REGIONS = [(1, 2, 3), (2, 3), (3,)]
+
+
+def _read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+@pytest.fixture(scope="module")
+def region_plan(tmp_path_factory):
+    """6 generated brain-tumour cases (2 test), planned with cpu-tiny."""
+    root = tmp_path_factory.mktemp("regions")
+    env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        from planning.budget import get_budget
+        from planning.pipeline import plan_and_preprocess
+
+        raw = make_dataset("synthetic-brats2d", Path(env["nnUNet_raw"]), DATASET_ID, num_train=6, num_test=2, seed=2)
+        plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
+        yield {"env": env, "raw": raw, "results": Path(env["nnUNet_results"]) / raw.name}
+
+
+@pytest.fixture
+def plan_env(region_plan, monkeypatch):
+    for k, v in region_plan["env"].items():
+        monkeypatch.setenv(k, v)
+    return region_plan
+
+
+def test_brats2d_writes_nested_regions_in_four_channels(region_plan, tmp_path):
+    raw = region_plan["raw"]
+    meta = json.loads((raw / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
+                              "enhancing_tumor": [3]}
+    assert meta["regions_class_order"] == [1, 2, 3]
+    assert meta["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    for split, count in (("Tr", 6), ("Ts", 2)):
+        labels = sorted((raw / f"labels{split}").iterdir())
+        assert len(labels) == count
+        for f in labels:
+            label = _read(f)
+            assert set(np.unique(label)) == {0, 1, 2, 3}
+            assert all(np.isin(label, r).sum() >= MIN_REGION_PIXELS for r in REGIONS)
+            channels = [_read(raw / f"images{split}" / f.name.replace(".nii.gz", f"_{c:04d}.nii.gz")) for c in range(4)]
+            # skull-stripped: zero outside the brain, the tumour inside it
+            brain = channels[0] > 0
+            assert brain[label > 0].all() and not brain.all()
+            # the channels differ in contrast: oedema is brighter than white matter in FLAIR, not in T1
+            oedema, inner = label == 1, brain & (label == 0)
+            assert np.median(channels[3][oedema]) > np.median(channels[3][inner])
+            assert np.median(channels[0][oedema]) < np.median(channels[0][inner])
+    assert (raw / "test_difficulty.json").is_file()  # varied test difficulty, as the other generators
+    assert validate_raw_dataset(raw).num_cases == 6
+    again = make_dataset("synthetic-brats2d", tmp_path, DATASET_ID, num_train=1, num_test=0, seed=2)
+    first = sorted((raw / "imagesTr").iterdir())[0]
+    np.testing.assert_array_equal(_read(again / "imagesTr" / first.name), _read(first))  # seeded per case
+
+
+def test_baseline_trains_regions_with_sigmoid_and_dice_bce_as_nnunet(plan_env):
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+
+    from diffusion_nnunet.cli.main import main
+    from diffusion_nnunet.training.run import build_trainer
+
+    _, trainer = build_trainer(str(DATASET_ID), "2d", 0, "baseline")
+    trainer.initialize()
+    assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 3
+    assert isinstance(trainer.loss.loss, DC_and_BCE_loss)  # inside nnU-Net's deep-supervision wrapper
+
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", *SHORT]) == 0
+    fold = plan_env["results"] / "DnnBaselineTrainer__dnnunetPlans__2d" / "fold_0"
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert sorted(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "(3,)"]  # nnU-Net's per-region validation
