@@ -23,6 +23,12 @@ Targets arrive as nnU-Net's data pipeline makes them: classes ``(B, 1, *spatial)
 the ignore mask when the dataset has an ignore label (``ConvertSegmentationToRegionsTransform``
 with the ignore label appended, as nnU-Net's trainer builds it).
 
+Uncertainty in region space: each region is a Bernoulli variable, so `as_distribution` turns R
+region probabilities into 2R entries ``(p_1, ..., p_R, 1 - p_1, ..., 1 - p_R)``; the class-space
+maps of ``inference/uncertainty.py`` then give the sum of the regions' Bernoulli entropies (in
+``[0, R log 2]``), the regions' mean variance (var(1 - p) = var(p)) and the summed mutual
+information.
+
 Pure torch: no nnunetv2 import (`LabelSpace.from_label_manager` reads the label manager's
 attributes only).
 """
@@ -119,3 +125,9 @@ class LabelSpace:
         if self.regions:
             return (probs > 0.5).to(probs.dtype)
         return torch.zeros_like(probs).scatter_(dim, probs.argmax(dim, keepdim=True), 1)
+
+    def as_distribution(self, probs: Tensor, dim: int = 1) -> Tensor:
+        """Probabilities as a categorical distribution along `dim` for the uncertainty maps:
+        the class probabilities as they are; region probabilities p as ``cat([p, 1 - p])``
+        (one Bernoulli per region, see the module docstring)."""
+        return torch.cat([probs, 1.0 - probs], dim) if self.regions else probs

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import InvalidDataError, UserInputError
@@ -121,6 +122,12 @@ class DiffusionPredictor(DnnPredictor):
         self._num_classes = 0
         self._first_tile = 0
 
+    @property
+    def label_space(self) -> LabelSpace:
+        """Classes (softmax) or regions (sigmoid) of the model's labels (diffusion/label_space.py)."""
+        manager = self.label_manager
+        return LabelSpace.from_label_manager(getattr(manager, "_lm", manager))  # WideLabels wraps it
+
     def set_diffusion(self, schedule: NoiseSchedule, self_condition: bool) -> None:
         """The training schedule and whether the network takes self-conditioning channels."""
         if self.num_steps is not None and not 1 <= self.num_steps <= schedule.num_steps:
@@ -200,16 +207,18 @@ class DiffusionPredictor(DnnPredictor):
         if self.presegmentation is None:
             return data
         num_classes = self.label_manager.num_segmentation_heads
+        space = self.label_space
         if self.presegmentation_in_memory is not None:
             probs = self.presegmentation_in_memory.pop(case).astype(np.float32)  # as load_presegmentation reads
         else:
-            probs = load_presegmentation(self.presegmentation, case, self.dataset_json["file_ending"], num_classes)
+            probs = load_presegmentation(self.presegmentation, case, self.dataset_json["file_ending"], num_classes,
+                                         space.region_values)
         try:
             probs = to_preprocessed(probs, properties, self.plans_manager, self.configuration_manager,
                                     data.shape[1:])
         except ValueError as err:
             raise InvalidDataError(self.presegmentation / case, str(err)) from err
-        x0_pre = pre_segmentation_x0(torch.from_numpy(probs)[None], soft=self.soft_start)[0]
+        x0_pre = pre_segmentation_x0(torch.from_numpy(probs)[None], soft=self.soft_start, regions=space.regions)[0]
         return torch.cat([data, x0_pre.to(data.dtype)], 0)
 
     @torch.inference_mode()
@@ -259,11 +268,14 @@ class DiffusionPredictor(DnnPredictor):
         stacked = torch.stack(results, 1)  # (K, R, B, C, *patch)
         probs = stacked.mean(1)
         k = probs.shape[0]
-        out = [torch.log(probs.clamp_min(1e-6)).transpose(0, 1).reshape(b, k * probs.shape[2], *probs.shape[3:])]
+        space = self.label_space
+        # log p (classes) or logit p (regions): nnU-Net's softmax / sigmoid at export gives p back
+        logits = space.logits_from_probabilities(probs)
+        out = [logits.transpose(0, 1).reshape(b, k * probs.shape[2], *probs.shape[3:])]
         if self.uncertainty:
             extra = []
             for tile in range(b):
-                maps = uncertainty_maps(stacked[-1, :, tile], with_mutual_information=True)
+                maps = uncertainty_maps(space.as_distribution(stacked[-1, :, tile], 1), with_mutual_information=True)
                 # E_n H[p_n] = H[mean] - MI, pooled across tiles by the sliding window
                 extra.append(torch.stack([maps.variance, maps.entropy - maps.mutual_information]))
             out.append(torch.stack(extra).to(out[0].dtype))
@@ -276,7 +288,10 @@ class DiffusionPredictor(DnnPredictor):
         probabilities = super().export_case(logits, properties, output_truncated, save_probabilities)
         if self.uncertainty:
             self._export_uncertainty(logits, properties, Path(output_truncated))
-        if self.keep_samples and self.last_samples is not None and len(self.last_samples) > 1:
+        # case scores (argmax agreement, volumes) are defined for classes; region models get none,
+        # hence no review list (issue 19: not done in region space)
+        if (self.keep_samples and self.last_samples is not None and len(self.last_samples) > 1
+                and not self.label_space.regions):
             # the case's scores for the review list (OUT/uncertainty/cases.csv, inference/review_list.py)
             from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score
 
@@ -296,8 +311,8 @@ class DiffusionPredictor(DnnPredictor):
     def _export_uncertainty(self, logits: torch.Tensor, properties: dict, out: Path) -> None:
         """Entropy of the mean, variance across samples and mutual information, as images in the
         segmentation's geometry (and an overview PNG on request)."""
-        mean_probs = torch.softmax(logits.float(), 0)
-        entropy = predictive_entropy(mean_probs)
+        space = self.label_space
+        entropy = predictive_entropy(space.as_distribution(space.probabilities(logits.float(), 0), 0))
         variance, mean_sample_entropy = self.last_sample_statistics
         maps = torch.stack([entropy, variance, (entropy - mean_sample_entropy).clamp_min(0)]).cpu().numpy()
         entropy, variance, mi = to_original(maps, properties, self.plans_manager, self.configuration_manager)
@@ -347,7 +362,7 @@ class DiffusionPredictor(DnnPredictor):
         shape = (image.shape[0], self._num_classes, *image.shape[2:])
         result = sample(denoise, shape, self.schedule, self.sampler, self.num_steps, start_step=self.start_step,
                         x0_start=x0_pre, generator=generators, keep_steps=self.keep_steps,
-                        device=image.device, dtype=torch.float32, self_condition=sc)
+                        device=image.device, dtype=torch.float32, self_condition=sc, regions=self.label_space.regions)
         self.last_steps_run = list(result.steps_run)
         if self.keep_steps:
             return torch.stack(result.per_step)

@@ -18,14 +18,17 @@ from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 from diffusion_nnunet.errors import InvalidDataError
 
 
-def load_presegmentation(folder: str | Path, case: str, file_ending: str, num_classes: int) -> np.ndarray:
+def load_presegmentation(folder: str | Path, case: str, file_ending: str, num_classes: int,
+                         region_values: tuple[tuple[int, ...], ...] = ()) -> np.ndarray:
     """Class probabilities (C, *image array shape) of one case; label maps become one-hot.
 
     Args:
         folder: the pre-segmentation folder.
         case: case identifier.
         file_ending: the dataset's file ending (for label maps).
-        num_classes: C, background included.
+        num_classes: C, background included (region-based: the number of regions).
+        region_values: region-based models: the label values of each region; a label map then
+            becomes one {0, 1} channel per region (CASE.npz holds region probabilities already).
     """
     folder = Path(folder)
     npz, label = folder / f"{case}.npz", folder / f"{case}{file_ending}"
@@ -36,6 +39,9 @@ def load_presegmentation(folder: str | Path, case: str, file_ending: str, num_cl
         return probs
     if label.is_file():
         seg = sitk.GetArrayFromImage(sitk.ReadImage(str(label))).astype(np.int64)
+        if region_values:
+            probs = np.stack([np.isin(seg, values) for values in region_values]).astype(np.float32)
+            return probs[:, None] if probs.ndim == 3 else probs
         if seg.min() < 0 or seg.max() >= num_classes:
             raise InvalidDataError(label, f"label values {seg.min()}..{seg.max()} outside 0..{num_classes - 1}")
         onehot = np.eye(num_classes, dtype=np.float32)[seg]

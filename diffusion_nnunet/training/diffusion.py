@@ -21,7 +21,6 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks.denoiser import build_denoiser
 from diffusion_nnunet.training import strategies
 from diffusion_nnunet.training.base import DnnTrainer
@@ -42,11 +41,6 @@ class DnnDiffusionTrainer(DnnTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # classes or regions, and the ignore label (diffusion/label_space.py)
         self.label_space = LabelSpace.from_label_manager(self.label_manager)
-        if self.label_manager.has_regions:
-            raise UserInputError(
-                f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has region-based labels "
-                "(regions_class_order in dataset.json); diffusion trainers do not train on regions yet, "
-                "train the baseline (-tr baseline)")
 
     @classmethod
     def default_config(cls) -> TrainingConfig:

@@ -29,9 +29,19 @@ def _read(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sparse_plan(tmp_path_factory):
-    """6 generated 2D cases with 30 % of each training label annotated, planned with cpu-tiny."""
+def sparse_raw(tmp_path_factory):
+    """6 generated 2D cases with 30 % of each training label annotated, and the same cases dense."""
     root = tmp_path_factory.mktemp("ignore")
+    raw = make_dataset("synthetic-us2d", root / "nnUNet_raw", DATASET_ID, num_train=6, num_test=1, seed=4,
+                       sparse_labels=0.3)
+    dense = make_dataset("synthetic-us2d", root / "dense", DATASET_ID, num_train=6, num_test=1, seed=4)
+    return {"root": root, "raw": raw, "dense": dense}
+
+
+@pytest.fixture(scope="module")
+def sparse_plan(sparse_raw):
+    """The sparse dataset planned with cpu-tiny."""
+    root = sparse_raw["root"]
     env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -39,11 +49,8 @@ def sparse_plan(tmp_path_factory):
         from planning.budget import get_budget
         from planning.pipeline import plan_and_preprocess
 
-        raw = make_dataset("synthetic-us2d", Path(env["nnUNet_raw"]), DATASET_ID, num_train=6, num_test=1, seed=4,
-                           sparse_labels=0.3)
-        dense = make_dataset("synthetic-us2d", root / "dense", DATASET_ID, num_train=6, num_test=1, seed=4)
         plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
-        yield {"env": env, "raw": raw, "dense": dense, "results": Path(env["nnUNet_results"]) / raw.name}
+        yield {**sparse_raw, "env": env, "results": Path(env["nnUNet_results"]) / sparse_raw["raw"].name}
 
 
 @pytest.fixture
@@ -53,8 +60,8 @@ def plan_env(sparse_plan, monkeypatch):
     return sparse_plan
 
 
-def test_sparse_labels_keep_the_dense_values_where_annotated_and_ignore_elsewhere(sparse_plan):
-    raw, dense = sparse_plan["raw"], sparse_plan["dense"]
+def test_sparse_labels_keep_the_dense_values_where_annotated_and_ignore_elsewhere(sparse_raw):
+    raw, dense = sparse_raw["raw"], sparse_raw["dense"]
     meta = json.loads((raw / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "layer": 1, "lesion": 2, "ignore": IGNORE}
     fractions = []
@@ -75,6 +82,7 @@ def test_a_bad_fraction_is_refused_before_anything_is_written(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_baseline_trains_on_sparse_labels_and_its_validation_leaves_ignored_voxels_out(plan_env):
     from diffusion_nnunet.cli.main import main
 
@@ -111,6 +119,7 @@ class _PerturbInside(torch.nn.Module):
         return [torch.where(m.bool(), 50 * torch.randn_like(o), o) for o, m in zip(out, self.masks)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["standard", "recycle"])
 def test_diffusion_loss_does_not_see_predictions_inside_ignored_voxels(plan_env, strategy):
     trainer = _trainer(strategy)
@@ -137,6 +146,7 @@ def test_diffusion_loss_does_not_see_predictions_inside_ignored_voxels(plan_env,
     assert loss(_PerturbInside(plain, [1 - m for m in inside])) != pytest.approx(reference, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_semi_supervised_trainers_refuse_an_ignore_label(plan_env):
     from diffusion_nnunet.training.run import build_trainer
 
@@ -145,8 +155,8 @@ def test_semi_supervised_trainers_refuse_an_ignore_label(plan_env):
             build_trainer(str(DATASET_ID), "2d", 0, name)
 
 
-def test_evaluation_leaves_ignored_reference_voxels_out(sparse_plan, tmp_path):
-    raw, dense = sparse_plan["raw"], sparse_plan["dense"]
+def test_evaluation_leaves_ignored_reference_voxels_out(sparse_raw, tmp_path):
+    raw, dense = sparse_raw["raw"], sparse_raw["dense"]
     exact, changed = tmp_path / "exact", tmp_path / "changed"
     exact.mkdir()
     changed.mkdir()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.synthetic_brats2d import MIN_REGION_PIXELS
@@ -26,9 +27,17 @@ def _read(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def region_plan(tmp_path_factory):
-    """6 generated brain-tumour cases (2 test), planned with cpu-tiny."""
+def region_raw(tmp_path_factory):
+    """6 generated brain-tumour cases and 2 test cases."""
     root = tmp_path_factory.mktemp("regions")
+    raw = make_dataset("synthetic-brats2d", root / "nnUNet_raw", DATASET_ID, num_train=6, num_test=2, seed=2)
+    return {"root": root, "raw": raw}
+
+
+@pytest.fixture(scope="module")
+def region_plan(region_raw):
+    """The region dataset planned with cpu-tiny."""
+    root = region_raw["root"]
     env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -36,9 +45,8 @@ def region_plan(tmp_path_factory):
         from planning.budget import get_budget
         from planning.pipeline import plan_and_preprocess
 
-        raw = make_dataset("synthetic-brats2d", Path(env["nnUNet_raw"]), DATASET_ID, num_train=6, num_test=2, seed=2)
         plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
-        yield {"env": env, "raw": raw, "results": Path(env["nnUNet_results"]) / raw.name}
+        yield {**region_raw, "env": env, "results": Path(env["nnUNet_results"]) / region_raw["raw"].name}
 
 
 @pytest.fixture
@@ -48,8 +56,8 @@ def plan_env(region_plan, monkeypatch):
     return region_plan
 
 
-def test_brats2d_writes_nested_regions_in_four_channels(region_plan, tmp_path):
-    raw = region_plan["raw"]
+def test_brats2d_writes_nested_regions_in_four_channels(region_raw, tmp_path):
+    raw = region_raw["raw"]
     meta = json.loads((raw / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
                               "enhancing_tumor": [3]}
@@ -77,6 +85,7 @@ def test_brats2d_writes_nested_regions_in_four_channels(region_plan, tmp_path):
     np.testing.assert_array_equal(_read(again / "imagesTr" / first.name), _read(first))  # seeded per case
 
 
+@pytest.mark.slow
 def test_baseline_trains_regions_with_sigmoid_and_dice_bce_as_nnunet(plan_env):
     from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
 
@@ -92,3 +101,60 @@ def test_baseline_trains_regions_with_sigmoid_and_dice_bce_as_nnunet(plan_env):
     fold = plan_env["results"] / "DnnBaselineTrainer__dnnunetPlans__2d" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert sorted(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "(3,)"]  # nnU-Net's per-region validation
+
+
+@pytest.mark.slow
+def test_diffusion_head_trains_predicts_and_ensembles_in_region_space(plan_env, tmp_path):
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+
+    from diffusion_nnunet.cli.main import main
+    from diffusion_nnunet.training.run import build_trainer
+
+    _, trainer = build_trainer(str(DATASET_ID), "2d", 0, "recycle")
+    trainer.initialize()
+    assert trainer.label_space.regions and trainer.label_space.num_channels == 3
+    assert isinstance(trainer.loss.loss, DC_and_BCE_loss)  # region Dice + BCE, as the baseline
+    batch = next(trainer.get_dataloaders()[0])
+    target = batch["target"][0]  # nnU-Net's region target: one {0, 1} channel per region
+    torch.testing.assert_close(trainer.label_space.target_x0(target), 2 * target.float() - 1)
+    whole, core, enhancing = target.bool().unbind(1)
+    assert (core <= whole).all() and (enhancing <= core).all()
+
+    assert main(["train", "-d", str(DATASET_ID), "-f", "0", "-tr", "recycle", *SHORT]) == 0
+    model = plan_env["results"] / "DnnDiffusionTrainer_recycle__dnnunetPlans__2d"
+    summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
+    assert sorted(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "(3,)"]
+    assert np.array(summary["dice_per_sampling_step"]["per_class"]).shape == (5, 3)  # 5 steps x 3 regions
+
+    raw = plan_env["raw"]
+    out = tmp_path / "samples"
+    assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID), "-tr", "recycle",
+                 "-f", "0", "-device", "cpu", "--num-samples", "2", "--save-probabilities"]) == 0
+    for f in sorted(out.glob("*.nii.gz")):
+        seg = _read(f)
+        assert set(np.unique(seg)) <= {0, 1, 2, 3}  # painted in regions_class_order
+        probs = np.load(f.with_name(f.name.replace(".nii.gz", ".npz")))["probabilities"]
+        assert probs.shape[0] == 3 and not np.allclose(probs.sum(0), 1)  # per-region sigmoid, not a softmax
+        entropy = _read(out / "uncertainty" / f.name.replace(".nii.gz", "_entropy.nii.gz"))
+        assert entropy.min() >= 0 and entropy.max() <= 3 * np.log(2) + 1e-4  # three Bernoulli entropies
+
+    if not (plan_env["results"] / "DnnBaselineTrainer__dnnunetPlans__2d" / "fold_0" / "checkpoint_final.pth").is_file():
+        assert main(["train", "-d", str(DATASET_ID), "-f", "0", *SHORT, "--skip-validation"]) == 0
+    both = tmp_path / "both"
+    assert main(["predict-ensemble", "-i", str(raw / "imagesTs"), "-o", str(both), "--nnunet",
+                 str(plan_env["results"] / "DnnBaselineTrainer__dnnunetPlans__2d"), "--diffusion", str(model),
+                 "-device", "cpu", "--num-samples", "2"]) == 0
+    for name in ("nnunet", "pd_ddpm", "ensemble"):
+        assert main(["evaluate", "-ref", str(raw / "labelsTs"), "-pred", str(both / name)]) == 0
+        result = json.loads((both / name / "evaluation.json").read_text())
+        assert sorted(result["mean"]) == ["enhancing_tumor", "tumor_core", "whole_tumor"]  # Dice per region
+
+
+@pytest.mark.slow
+def test_semi_supervised_trainers_refuse_regions(plan_env):
+    from diffusion_nnunet.errors import UserInputError
+    from diffusion_nnunet.training.run import build_trainer
+
+    for name in ("semi_teacher", "semi_cotrain"):
+        with pytest.raises(UserInputError, match="region-based labels"):
+            build_trainer(str(DATASET_ID), "2d", 0, name)
