@@ -45,7 +45,10 @@ DEFAULT_SORT = "disagreement"
 
 
 def class_names(dataset_json: Mapping) -> list[str]:
-    """The output channels' names in channel order (integer labels of dataset.json, ``ignore`` left out)."""
+    """The output channels' names in channel order (integer labels of dataset.json, ``ignore`` left out;
+    region-based datasets: the regions in dataset.json's order, as nnU-Net's label manager)."""
+    if "regions_class_order" in dataset_json:
+        return [n for n in dataset_json["labels"] if n not in ("background", "ignore")]
     labels = {n: v for n, v in dataset_json["labels"].items() if isinstance(v, int) and n != "ignore"}
     return [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
 
@@ -82,15 +85,18 @@ def _voxel_volume(spacing: Sequence[float], shape: Sequence[int]) -> tuple[float
 
 
 def case_scores(sample_probs: np.ndarray, spacing: Sequence[float], class_names: Sequence[str] | None = None,
-                mean_probs: np.ndarray | None = None, band_width: int = 1) -> dict:
+                mean_probs: np.ndarray | None = None, band_width: int = 1, regions: bool = False) -> dict:
     """Scores of one case from its N probability maps.
 
     Args:
         sample_probs: ``(N, C, *spatial)`` probabilities (each sums to 1 over C); channel 0 is background.
+            With `regions`: one independent (sigmoid) probability per region, all foreground.
         spacing: voxel size in mm per spatial axis (array order).
         class_names: names of the C channels (default ``"0"``, ``"1"``, ...).
         mean_probs: the prediction's probabilities ``(C, *spatial)``; default the mean of the samples.
         band_width: half-width of the boundary band in voxels.
+        regions: region-based labels: a region is predicted where p > 0.5, the entropy is the
+            sum of the regions' Bernoulli entropies, the boundary band follows every region's border.
 
     Returns:
         ``{"entropy_foreground", "entropy_boundary", "disagreement", "volume_cv", "num_samples",
@@ -113,19 +119,29 @@ def case_scores(sample_probs: np.ndarray, spacing: Sequence[float], class_names:
     if mean.shape != sample_probs.shape[1:]:
         raise ValueError(f"mean_probs has shape {mean.shape}, expected {sample_probs.shape[1:]}")
 
-    prediction = mean.argmax(0)
-    entropy = _entropy(mean)
-    foreground = prediction > 0
+    if regions:
+        predicted = mean > 0.5  # (C, *spatial)
+        # one code per combination of regions, so that the band follows every region's border
+        prediction = (predicted * (2 ** np.arange(c)).reshape(-1, *[1] * len(spatial))).sum(0)
+        entropy = _entropy(np.concatenate([mean, 1.0 - mean]))
+        foreground = predicted.any(0)
+        first = 0
+    else:
+        predicted = None
+        prediction = mean.argmax(0)
+        entropy = _entropy(mean)
+        foreground = prediction > 0
+        first = 1
     band = boundary_band(prediction, band_width)
-    samples = sample_probs.argmax(1)  # (N, *spatial)
+    samples = sample_probs > 0.5 if regions else sample_probs.argmax(1)  # (N, C, *spatial) / (N, *spatial)
     voxel, unit = _voxel_volume(spacing, spatial)
 
     agreement, volume, volume_sd, cvs = {}, {}, {}, []
-    for k in range(1, c):
-        masks = samples == k
+    for k in range(first, c):
+        masks = samples[:, k] if regions else samples == k
         pairs = [_dice(masks[i], masks[j]) for i, j in itertools.combinations(range(n), 2)]
         agreement[names[k]] = float(np.mean(pairs)) if pairs else math.nan
-        volume[names[k]] = float(np.count_nonzero(prediction == k) * voxel)
+        volume[names[k]] = float(np.count_nonzero(predicted[k] if regions else prediction == k) * voxel)
         per_sample = masks.reshape(n, -1).sum(1) * voxel
         volume_sd[names[k]] = float(per_sample.std())
         cvs.append(volume_sd[names[k]] / per_sample.mean() if per_sample.mean() > 0 else 0.0)

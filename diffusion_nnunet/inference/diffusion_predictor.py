@@ -288,10 +288,7 @@ class DiffusionPredictor(DnnPredictor):
         probabilities = super().export_case(logits, properties, output_truncated, save_probabilities)
         if self.uncertainty:
             self._export_uncertainty(logits, properties, Path(output_truncated))
-        # case scores (argmax agreement, volumes) are defined for classes; region models get none,
-        # hence no review list (issue 19: not done in region space)
-        if (self.keep_samples and self.last_samples is not None and len(self.last_samples) > 1
-                and not self.label_space.regions):
+        if self.keep_samples and self.last_samples is not None and len(self.last_samples) > 1:
             # the case's scores for the review list (OUT/uncertainty/cases.csv, inference/review_list.py)
             from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score
 

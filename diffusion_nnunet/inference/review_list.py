@@ -66,7 +66,8 @@ def predictor_case_scores(samples, logits, properties: dict, configuration_manag
 
     Args:
         samples: ``(R, C, *preprocessed)`` probabilities (diffusion samples, mirror variants).
-        logits: the case's prediction (C, *preprocessed); its softmax is the mean the scores use.
+        logits: the case's prediction (C, *preprocessed); its softmax (regions: sigmoid) is the mean
+            the scores use.
         properties: the case's preprocessing properties (the 2D slice spacing comes from them).
         configuration_manager: the configuration (its spacing is the preprocessed voxel size).
         dataset_json: for the class names.
@@ -80,8 +81,10 @@ def predictor_case_scores(samples, logits, properties: dict, configuration_manag
     spacing = [float(s) for s in configuration_manager.spacing]
     if len(spacing) < samples.ndim - 2:  # 2D: the preprocessed data keep a singleton first axis
         spacing = [float(properties["spacing"][0])] + spacing
-    mean = torch.softmax(logits.detach().float().cpu(), 0).numpy()
-    return case_scores(samples, spacing, class_names(dataset_json), mean_probs=mean)
+    regions = "regions_class_order" in dataset_json
+    logits = logits.detach().float().cpu()
+    mean = (torch.sigmoid(logits) if regions else torch.softmax(logits, 0)).numpy()
+    return case_scores(samples, spacing, class_names(dataset_json), mean_probs=mean, regions=regions)
 
 
 def read_case_scores(output_dir: str | Path, cases: Sequence[str] | None = None) -> dict[str, dict]:

@@ -124,3 +124,34 @@ def test_region_logits_round_trip_through_the_sigmoid():
     classes = LabelSpace(3)
     q = torch.tensor([[0.2], [0.3], [0.5]])
     torch.testing.assert_close(torch.softmax(classes.logits_from_probabilities(q), 0), q)
+
+
+def test_case_scores_in_region_space_follow_each_region():
+    from diffusion_nnunet.inference.case_scores import case_scores, class_names
+
+    truth = _regions(_label_map()).numpy()[:, None]  # (R, 1, 32, 32)
+    other = truth.copy()
+    other[2] = 0.0  # the second sample misses the enhancing ring
+    scores = case_scores(np.stack([truth, other]), (1.0, 1.0, 1.0), class_names(DATASET_JSON), regions=True)
+    assert scores["agreement"]["whole"] == scores["agreement"]["core"] == 1.0
+    assert scores["agreement"]["enhancing"] == 0.0
+    assert scores["volume"]["whole"] == float(truth[0].sum()) and scores["volume"]["enhancing"] == 0.0  # mean 0.5
+    assert scores["entropy_foreground"] > 0  # the ring's p = 0.5: one Bernoulli entropy of log 2 there
+    same = case_scores(np.stack([truth, truth]), (1.0, 1.0, 1.0), class_names(DATASET_JSON), regions=True)
+    assert same["disagreement"] == 0.0 and same["entropy_foreground"] == 0.0
+
+
+def test_region_predictor_with_several_samples_writes_case_scores(tmp_path):
+    import json
+
+    predictor = _region_predictor(seed=0, keep_samples=True)
+    seg = _label_map()
+    logits = predictor.predict_sliding_window_return_logits(seg[None, None].float())
+    properties = {"spacing": [1.0, 1.0, 1.0]}
+    from diffusion_nnunet.inference.review_list import predictor_case_scores
+
+    scores = predictor_case_scores(predictor.last_samples, logits, properties, predictor.configuration_manager,
+                                   DATASET_JSON)
+    assert scores["num_samples"] == 4 and scores["disagreement"] == 0.0
+    assert set(scores["agreement"]) == {"whole", "core", "enhancing"}
+    json.dumps(scores)
