@@ -4,7 +4,8 @@ nnU-Net averages the logits of the mirror variants of every tile (no mirroring, 
 pair of axes, ...: 4 variants in 2D, 8 in 3D). `MirrorVariantPredictor` lets the sliding window
 accumulate every variant's logits in its own channels (the label manager reports V x C heads),
 returns their mean, which is exactly nnU-Net's prediction, and keeps the variants for the case:
-`last_variant_probabilities` ``(V * folds, C, *preprocessed)``, the softmax of each variant.
+`last_variant_probabilities` ``(V * folds, C, *preprocessed)``, the softmax of each variant
+(the sigmoid for region-based models).
 `export_case` then writes the case's scores (`inference.case_scores`) with the variants as
 samples, so nnU-Net's own uncertainty can be compared with a diffusion model's like with like.
 """
@@ -58,7 +59,8 @@ class MirrorVariantPredictor(DnnPredictor):
         finally:
             self.label_manager = real
         variants = out.float().reshape(v, c, *out.shape[1:])
-        self._variants.append(torch.softmax(variants, 1).cpu())
+        # softmax, or per-region sigmoid for region-based models (nnU-Net's inference nonlinearity)
+        self._variants.append((torch.sigmoid(variants) if real.has_regions else torch.softmax(variants, 1)).cpu())
         self.last_variant_probabilities = torch.cat(self._variants)
         return variants.mean(0)
 
