@@ -137,6 +137,7 @@ def test_diffusion_head_trains_predicts_and_ensembles_in_region_space(plan_env, 
         assert probs.shape[0] == 3 and not np.allclose(probs.sum(0), 1)  # per-region sigmoid, not a softmax
         entropy = _read(out / "uncertainty" / f.name.replace(".nii.gz", "_entropy.nii.gz"))
         assert entropy.min() >= 0 and entropy.max() <= 3 * np.log(2) + 1e-4  # three Bernoulli entropies
+    assert (out / "uncertainty" / "cases.csv").is_file()  # the review list, from case scores per region
 
     if not (plan_env["results"] / "DnnBaselineTrainer__dnnunetPlans__2d" / "fold_0" / "checkpoint_final.pth").is_file():
         assert main(["train", "-d", str(DATASET_ID), "-f", "0", *SHORT, "--skip-validation"]) == 0
