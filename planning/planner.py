@@ -15,6 +15,7 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from planning.budget import ComputeBudget, estimate_seconds_per_iteration, unet_forward_flops
 
@@ -83,7 +84,9 @@ class BudgetedPlanner(ExperimentPlanner):
 
     def _diffusion_section(self, plan: dict) -> dict:
         """What the diffusion trainers need, and what they cost under the same schedule as the baseline."""
-        num_classes = len(self.dataset_json["labels"])
+        # one mask channel per network output: classes without the ignore label, or regions
+        num_classes = LabelManager(self.dataset_json["labels"],
+                                   self.dataset_json.get("regions_class_order")).num_segmentation_heads
         # PD-DDPM: start from the nnU-Net pre-segmentation with at most 40 % of the reverse steps
         start_step = max(0, int(0.4 * DEFAULT_TIMESTEPS) - 1)
         num_samples, samples_reason = self._proposed_samples(plan, start_step + 1, num_classes)

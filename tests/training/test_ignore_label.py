@@ -123,6 +123,8 @@ class _PerturbInside(torch.nn.Module):
 @pytest.mark.parametrize("strategy", ["standard", "recycle"])
 def test_diffusion_loss_does_not_see_predictions_inside_ignored_voxels(plan_env, strategy):
     trainer = _trainer(strategy)
+    # the planner's cost estimates count one mask channel per network output (3 here)
+    assert trainer.configuration_manager.configuration["diffusion"]["mask_input_channels"] == 3
     batch = next(trainer.get_dataloaders()[0])
     data, target = trainer._to_device(batch)
     ignored = (target[0] == IGNORE).float()

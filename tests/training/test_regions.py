@@ -112,6 +112,8 @@ def test_diffusion_head_trains_predicts_and_ensembles_in_region_space(plan_env, 
 
     _, trainer = build_trainer(str(DATASET_ID), "2d", 0, "recycle")
     trainer.initialize()
+    # the planner's cost estimates count one mask channel per network output (3 here)
+    assert trainer.configuration_manager.configuration["diffusion"]["mask_input_channels"] == 3
     assert trainer.label_space.regions and trainer.label_space.num_channels == 3
     assert isinstance(trainer.loss.loss, DC_and_BCE_loss)  # region Dice + BCE, as the baseline
     batch = next(trainer.get_dataloaders()[0])
