@@ -10,9 +10,10 @@ inference_defaults.json (the fitted review flag) per model, and find-best's
 `find_best_<configuration>/` of the dataset. nnunetv2's own installer (a plain extract into
 `nnUNet_results`) therefore installs our zips, and ours installs nnunetv2's.
 
-We write the zip here rather than call nnunetv2's `export_pretrained_model`: that one reads
-`nnUNet_results` once at import time, asserts on missing files one at a time, and cannot add our
-files. `install_model` differs from nnunetv2's on purpose: an installed model is never replaced
+We write the zip here rather than call nnunetv2's `export_pretrained_model`: that one cannot add
+our files, stops at the first missing file with an assertion (progress.png and
+validation/summary.json are required there, optional here), and writes the zip in place, so an
+interrupted export leaves a truncated zip (ours is written atomically). `install_model` differs from nnunetv2's on purpose: an installed model is never replaced
 without `overwrite`, and each model folder appears whole or not at all (extracted to a staging
 folder beside the targets, then moved into place with one rename each).
 """
