@@ -14,6 +14,7 @@ from diffusion_nnunet.api import Predictor
 from diffusion_nnunet.cli.main import main
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import to_jsonable
+from tests.conftest import stock_copy
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,8 @@ def test_baseline_arrays_equal_the_cli_files(env, tmp_path):
     assert main(["predict", "-m", str(env["model"]), "-f", "0", "-i", str(images), "-o", str(out),
                  "--save-probabilities", "-device", "cpu"]) == 0
     _assert_arrays_equal_files(Predictor.from_model_folder(env["model"], folds=(0,)), images, out)
+    # a model folder of stock nnunetv2 (trainer nnUNetTrainer, same weights) loads and predicts alike
+    _assert_arrays_equal_files(Predictor.from_model_folder(stock_copy(env["model"], tmp_path)), images, out)
 
 
 def test_diffusion_arrays_equal_the_cli_files_with_maps_and_scores(env, recycle_model, tmp_path):

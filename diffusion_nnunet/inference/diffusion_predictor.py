@@ -303,7 +303,8 @@ class DiffusionPredictor(DnnPredictor):
         information of the last predicted case (needs `uncertainty`), as the images hold them."""
         mean_probs = torch.softmax(logits.float(), 0)
         entropy = predictive_entropy(mean_probs)
-        variance, mean_sample_entropy = self.last_sample_statistics
+        # the statistics stay where the sliding window ran (the GPU); the logits come back on the CPU
+        variance, mean_sample_entropy = self.last_sample_statistics.to(entropy.device)
         maps = torch.stack([entropy, variance, (entropy - mean_sample_entropy).clamp_min(0)]).cpu().numpy()
         return to_original(maps, properties, self.plans_manager, self.configuration_manager)
 
