@@ -238,10 +238,11 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
 
 def prediction_arguments(model_dir, folds, checkpoint_name: str, use_mirroring: bool, tile_step_size: float,
                          diffusion_options: dict) -> dict:
-    """What a prediction folder's predict_args.json records of the model and its settings (JSON values)."""
+    """What a prediction folder's predict_args.json records of the model and its settings (JSON values;
+    a callable, e.g. the overview's image lookup, as true: its text would differ in every run)."""
     return {"model": str(Path(model_dir).absolute()), "folds": folds, "checkpoint": checkpoint_name,
             "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-            "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else True if callable(v) else str(v)
                           for k, v in diffusion_options.items() if v is not None}}
 
 

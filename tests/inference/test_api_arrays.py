@@ -1,5 +1,6 @@
-"""The Python API's predict_array on hand-built tiny predictors (no training): input checks, 2D
-layouts, uncertainty maps and scores, PD-DDPM starts handed over as arrays."""
+"""The Python API on hand-built tiny predictors (no training): predict_array's input checks, 2D
+layouts, uncertainty maps and scores, PD-DDPM starts handed over as arrays; the overview setting
+predict_files records."""
 from __future__ import annotations
 
 import numpy as np
@@ -113,3 +114,15 @@ def test_the_export_of_the_same_logits_writes_what_predict_array_returns(tmp_pat
     np.testing.assert_array_equal(result.probabilities, probabilities)
     np.testing.assert_array_equal(result.segmentation[0],
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "case.nii.gz"))))
+
+
+def test_an_overview_run_records_settings_a_later_run_can_continue():
+    """predict_and_review passes the overview's image lookup as a callable; predict_args.json records
+    it as true, so that --continue-prediction --overview finds the same settings."""
+    from diffusion_nnunet.inference.predictor import prediction_arguments
+
+    def run():
+        return prediction_arguments("m", [0], "checkpoint_final.pth", True, 0.5,
+                                    {"num_samples": 3, "overview_png_for": lambda case: case})
+
+    assert run() == run() and run()["diffusion"]["overview_png_for"] is True
