@@ -126,9 +126,9 @@ class Predictor:
                      "tile_batch": tile_batch}
         pre = None
         if presegmenter is not None:
-            # as predict_folder pre-segments: every fold, the same checkpoint name and sliding window
-            pre = cls.from_model_folder(presegmenter, None, device, checkpoint_name, use_mirroring, tile_step_size,
-                                        tile_batch)
+            # as predict_folder pre-segments: every fold, the same checkpoint name and sliding window step,
+            # the plans' tile batch
+            pre = cls.from_model_folder(presegmenter, None, device, checkpoint_name, use_mirroring, tile_step_size)
         loaded = dict(diffusion)
         if case_scores and is_diffusion_model(folder):
             loaded["keep_samples"] = True
