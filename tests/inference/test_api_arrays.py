@@ -126,3 +126,12 @@ def test_an_overview_run_records_settings_a_later_run_can_continue():
                                     {"num_samples": 3, "overview_png_for": lambda case: case})
 
     assert run() == run() and run()["diffusion"]["overview_png_for"] is True
+
+
+def test_a_3d_model_takes_c_z_y_x_and_refuses_a_2d_layout():
+    api = Predictor(tiny_diffusion_predictor(patch_size=(8, 16, 16), num_samples=2, mirror_axes=None))
+    result = api.predict_array(_image((1, 10, 24, 20)), [2.0, 1.0, 1.0])
+    assert result.segmentation.shape == (10, 24, 20) and result.probabilities.shape == (NUM_CLASSES, 10, 24, 20)
+    assert result.uncertainty["entropy"].shape == (10, 24, 20)
+    with pytest.raises(UserInputError, match=r"must be \(C, Z, Y, X\)"):
+        api.predict_array(_image((1, 24, 20)), [1.0, 1.0])
