@@ -20,6 +20,10 @@ def add_arguments(p):
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an OUT that holds results of another run, whole (without it, or "
                                "--continue-prediction, such an OUT is refused)")
+    p.add_argument("-prev_stage_predictions", "--prev-stage-predictions", default=None, metavar="FOLDER",
+                   help="cascade stage (3d_cascade_fullres): the 3d_lowres segmentations to start from, as "
+                        "nnUNetv2_predict takes them (default: the chain runs, the 3d_lowres model beside the "
+                        "cascade model predicting into OUT/3d_lowres first)")
     p.add_argument("--tile-batch", type=int, default=None,
                    help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     g = p.add_argument_group("diffusion models")
@@ -81,7 +85,7 @@ def run(args):
         diffusion["keep_samples"] = True
     predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
                    args.save_probabilities, not args.disable_tta, args.step_size, args.overwrite, diffusion,
-                   continue_prediction=args.continue_prediction)
+                   continue_prediction=args.continue_prediction, previous_stage_predictions=args.prev_stage_predictions)
     review = finish_prediction(args.input, args.output, folder, args.overview)
     if review is not None:
         shown = ", ".join(f"{c} ({review['scores'][c]:.3g})" for c in review["order"][:5])
