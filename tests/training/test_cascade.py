@@ -171,12 +171,20 @@ def test_pd_ddpm_starts_from_the_cascade(trained, tmp_path, monkeypatch):
     images = trained["raw"] / "imagesTs"
     recycle = trained["cascade"].parent / "DnnDiffusionTrainer_recycle__dnnunetPlans__3d_fullres"
     assert main(["predict", "-m", str(recycle), "-f", "all", "-i", str(images), "-o", str(tmp_path / "pd"),
-                 "--presegmenter", str(trained["cascade"]), "--num-samples", "1", "--disable-tta", "-step", "1",
+                 "--presegmenter", str(trained["cascade"]), "--num-samples", "1", "--disable-tta",
                  "-device", "cpu", "--no-case-scores"]) == 0
     assert main(["predict", "-m", str(trained["cascade"]), "-f", "0", "-i", str(images), "-o", str(tmp_path / "cascade"),
-                 "--save-probabilities", "--disable-tta", "-step", "1", "-device", "cpu"]) == 0
+                 "--save-probabilities", "--disable-tta", "-device", "cpu"]) == 0  # predict-ensemble's step 0.5
     pre = tmp_path / "pd" / "presegmentation"
     assert (pre / "3d_lowres" / "ct_ts_0000.nii.gz").is_file()  # the chain ran inside the pre-segmentation
     np.testing.assert_allclose(np.load(pre / "ct_ts_0000.npz")["probabilities"],
                                np.load(tmp_path / "cascade" / "ct_ts_0000.npz")["probabilities"])
     assert (tmp_path / "pd" / "ct_ts_0000.nii.gz").is_file()
+    # predict-ensemble with the cascade as its nnU-Net model: the chain into OUT/nnunet, PD-DDPM from it
+    assert main(["predict-ensemble", "-i", str(images), "-o", str(tmp_path / "ens"), "--nnunet", str(trained["cascade"]),
+                 "--nnunet-folds", "0", "--diffusion", str(recycle), "--diffusion-folds", "all", "--num-samples", "1",
+                 "--disable-tta", "-device", "cpu"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "ens" / "nnunet" / "ct_ts_0000.npz")["probabilities"],
+                               np.load(tmp_path / "cascade" / "ct_ts_0000.npz")["probabilities"], atol=1e-6)
+    assert (tmp_path / "ens" / "nnunet" / "3d_lowres" / "ct_ts_0000.nii.gz").is_file()
+    assert (tmp_path / "ens" / "ensemble" / "ct_ts_0000.nii.gz").is_file()
