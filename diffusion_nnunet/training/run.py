@@ -134,10 +134,19 @@ def _check_cascade(dataset: str, configuration: str, trainer: str, plans_name: s
     cascade.warn_if_next_stage_unprepared(dataset, plans, configuration, plans_name, validate)
     if cascade.previous_stage(plans, configuration) is None:
         return
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    trainer_class = registry.get(trainer).cls
+    if trainer_class.perform_actual_validation is not nnUNetTrainer.perform_actual_validation:
+        # its own validation (the diffusion sampler's) does not add the previous stage's channels
+        raise UserInputError(f"{configuration} (nnU-Net's cascade) trains with nnU-Net's validation, i.e. the "
+                             f"baseline; {trainer!r} validates its own way. Diffusion models take the cascade as "
+                             f"PD-DDPM's pre-segmenter: train them on 3d_fullres and predict with --presegmenter "
+                             f"<the cascade model folder>")
+
     data = paths.preprocessed() / dataset_name / PlansManager(plans).get_configuration(configuration).data_identifier
-    cascade.require_previous_stage(dataset_name, plans, configuration, registry.get(trainer).cls.__name__, plans_name,
+    cascade.require_previous_stage(dataset_name, plans, configuration, trainer_class.__name__, plans_name,
                                    preprocessed_cases(data), trainer)
 
 

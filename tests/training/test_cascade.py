@@ -63,6 +63,8 @@ def test_cascade_refused_without_the_first_stage(env, capsys):
     assert "second stage of nnU-Net's cascade" in err and "3 of 3 cases have none" in err
     assert f"dnnunet train -d {env['raw'].name} -c 3d_lowres -f all -tr baseline" in err
     assert not env["cascade"].exists()  # refused before any compute
+    assert main(["train", "-d", str(DATASET_ID), "-c", "3d_cascade_fullres", "-f", "all", "-tr", "recycle", *SHORT]) == 2
+    assert "PD-DDPM's pre-segmenter" in capsys.readouterr().err
 
 
 @pytest.mark.slow
