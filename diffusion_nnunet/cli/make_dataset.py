@@ -21,9 +21,9 @@ def add_arguments(p):
                    help="keep only these foreground classes (names or label values, e.g. lesion); the others "
                         "are merged into background and the labels renumbered 1, 2, ... (binary tasks)")
     p.add_argument("--shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
-                   help="synthetic-ct3d: every case resampled to this array shape at the same spacing; from "
-                        "32 96 96 on (cpu-small budget) the planner adds nnU-Net's cascade (3d_lowres, "
-                        "3d_cascade_fullres)")
+                   help="synthetic-ct3d: every case resampled to this array shape at the same spacing; large "
+                        "images make the planner add nnU-Net's cascade (3d_lowres, 3d_cascade_fullres): "
+                        "32 96 96 is the smallest found for the cpu-small budget")
 
 
 def run(args):
