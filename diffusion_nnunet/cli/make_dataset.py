@@ -20,6 +20,10 @@ def add_arguments(p):
     p.add_argument("--keep-classes", nargs="+", default=None, metavar="CLASS",
                    help="keep only these foreground classes (names or label values, e.g. lesion); the others "
                         "are merged into background and the labels renumbered 1, 2, ... (binary tasks)")
+    p.add_argument("--shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                   help="synthetic-ct3d: every case resampled to this array shape at the same spacing; large "
+                        "images make the planner add nnU-Net's cascade (3d_lowres, 3d_cascade_fullres): "
+                        "32 96 96 is the smallest found for the cpu-small budget")
 
 
 def run(args):
@@ -27,6 +31,6 @@ def run(args):
     from diffusion_nnunet.datasets import make_dataset
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
-                          args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes)
+                          args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes, shape=args.shape)
     print(folder)
     return 0

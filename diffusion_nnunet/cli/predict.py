@@ -20,6 +20,10 @@ def add_arguments(p):
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an OUT that holds results of another run, whole (without it, or "
                                "--continue-prediction, such an OUT is refused)")
+    p.add_argument("-prev_stage_predictions", "--prev-stage-predictions", default=None, metavar="FOLDER",
+                   help="cascade stage (3d_cascade_fullres): the 3d_lowres segmentations to start from, as "
+                        "nnUNetv2_predict takes them (default: the chain runs, the 3d_lowres model beside the "
+                        "cascade model predicting into OUT/3d_lowres first)")
     p.add_argument("--tile-batch", type=int, default=None,
                    help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     g = p.add_argument_group("diffusion models")
@@ -76,7 +80,8 @@ def run(args):
     review = predict_and_review(folder, args.input, args.output, parse_folds(args.folds), args.checkpoint,
                                 resolve_device(args.device), args.save_probabilities, not args.disable_tta,
                                 args.step_size, args.overwrite, diffusion, args.continue_prediction,
-                                case_scores=not args.no_case_scores, overview=args.overview).review
+                                case_scores=not args.no_case_scores, overview=args.overview,
+                                previous_stage_predictions=args.prev_stage_predictions).review
     if review is not None:
         shown = ", ".join(f"{c} ({review['scores'][c]:.3g})" for c in review["order"][:5])
         print(f"least certain cases (by {review['sorted_by']}): {shown}")

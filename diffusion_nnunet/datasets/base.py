@@ -59,6 +59,8 @@ class DatasetGenerator:
         degrade_window: the intensity interval that test-case degradation changes (CT: soft tissue,
             so air and bone keep their HU; MR: above the skull-stripped zero background); None: all.
         test_contrast: whether hard test cases also lose contrast (not in CT, whose HU are absolute).
+        shaped_cases: ``shaped_cases(num_train, num_test, seed, shape)``: the cases at an array
+            shape the caller chooses (``make-dataset --shape``); None: the generator has one geometry.
     """
 
     name: str
@@ -76,6 +78,7 @@ class DatasetGenerator:
     value_range: tuple[float, float] | None = None
     degrade_window: tuple[float, float] | None = None
     test_contrast: bool = True
+    shaped_cases: Callable[[int | None, int | None, int, tuple[int, ...]], Iterator[Case]] | None = None
 
 
 def case_rng(seed: int, split: Split, index: int) -> np.random.Generator:

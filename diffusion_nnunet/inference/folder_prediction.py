@@ -37,14 +37,14 @@ def predict_and_review(model_dir: str | Path, input_dir: str | Path, output_dir:
                        save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
                        overwrite: bool = False, diffusion_options: dict | None = None,
                        continue_prediction: bool = False, case_scores: bool = True,
-                       overview: bool = False) -> FolderPrediction:
+                       overview: bool = False, previous_stage_predictions=None) -> FolderPrediction:
     """Predict `input_dir` into `output_dir` with `predict_folder`, then write the review list.
 
     Args:
         model_dir, input_dir, output_dir, folds, checkpoint_name, device, save_probabilities,
-            use_mirroring, tile_step_size, overwrite, diffusion_options, continue_prediction:
-            as `predict_folder` takes them (`overwrite` defaults to False here: a folder with
-            results is refused, as the CLI refuses it).
+            use_mirroring, tile_step_size, overwrite, diffusion_options, continue_prediction,
+            previous_stage_predictions: as `predict_folder` takes them (`overwrite` defaults to
+            False here: a folder with results is refused, as the CLI refuses it).
         case_scores: diffusion models keep each sample to score the cases (memory: N x classes
             channels); False skips the scores and the review list.
         overview: with more than one sample, a PNG per case (image, prediction, entropy) and
@@ -60,6 +60,7 @@ def predict_and_review(model_dir: str | Path, input_dir: str | Path, output_dir:
     if case_scores and is_diffusion_model(model_dir):
         options["keep_samples"] = True
     cases = predict_folder(model_dir, input_dir, output_dir, folds, checkpoint_name, device, save_probabilities,
-                           use_mirroring, tile_step_size, overwrite, options, continue_prediction=continue_prediction)
+                           use_mirroring, tile_step_size, overwrite, options, continue_prediction=continue_prediction,
+                           previous_stage_predictions=previous_stage_predictions)
     review = finish_prediction(input_dir, output_dir, model_dir, overview)
     return FolderPrediction(Path(output_dir), cases, review)
