@@ -29,8 +29,8 @@ from typing import Sequence
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.inference.output_folder import _pid_alive as pid_alive
 from diffusion_nnunet.utils.atomic import atomic_path
+from diffusion_nnunet.utils.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 
