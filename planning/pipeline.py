@@ -95,16 +95,33 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         # the labels first: a configuration's completion marker then also vouches for them
         _copy_ground_truth(folder, paths.preprocessed() / name / "gt_segmentations")
         expected = _labelled_cases(name, unlabelled)
-        for cfg in wanted:
-            logger.info("Preprocessing %s / %s", name, cfg)
+        for cfg, sharing in _by_data_folder(plans, wanted).items():
+            logger.info("Preprocessing %s / %s", name, " + ".join([cfg, *sharing]))
             mark_incomplete(name, cfg, plans_name)
             with nnunet_output_to_log(logger):
                 if unlabelled:
                     preprocess_partial(name, cfg, plans_name, unlabelled, num_processes)
                 else:
                     DefaultPreprocessor(verbose=False).run(name, cfg, plans_name, num_processes)
-            mark_complete(name, cfg, plans_name, expected)  # last: training refuses data without it
+            for done in (cfg, *sharing):
+                mark_complete(name, done, plans_name, expected)  # last: training refuses data without it
     return plans
+
+
+def _by_data_folder(plans: dict, configurations: list[str]) -> dict[str, list[str]]:
+    """{configuration to preprocess: the requested ones that share its data folder}: nnU-Net's
+    3d_cascade_fullres inherits 3d_fullres's data identifier, whose data is written once."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager, groups, first_of = PlansManager(plans), {}, {}
+    for cfg in dict.fromkeys(configurations):
+        identifier = manager.get_configuration(cfg).data_identifier
+        if identifier in first_of:
+            groups[first_of[identifier]].append(cfg)
+        else:
+            first_of[identifier] = cfg
+            groups[cfg] = []
+    return groups
 
 
 def _labelled_cases(dataset_name: str, unlabelled: dict) -> list[str]:

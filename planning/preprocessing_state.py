@@ -9,6 +9,11 @@ training on it writes a `splits_final.json` over the cases it finds, which later
 and a hash of the plans entries that shape the preprocessed data. `require_complete` (called by
 `train` before the trainer is built) refuses data without a marker, with other plans, or with
 other cases. `check_splits` refuses a `splits_final.json` whose cases are not the dataset's.
+
+Configurations may share a data folder: nnU-Net's `3d_cascade_fullres` inherits `3d_fullres`'s
+data identifier. Preprocessing either rewrites the folder, so `mark_incomplete` removes the markers
+of every configuration of that folder, and `require_complete` accepts the marker of any of them
+whose hash matches (the hash covers only what the arrays depend on, the same for both).
 """
 from __future__ import annotations
 
@@ -55,11 +60,19 @@ def _marker(folder: Path, configuration: str) -> Path:
     return folder.parent / MARKER_FOLDER / f"{folder.name}__{configuration}.json"
 
 
+def _folder_markers(folder: Path) -> list[Path]:
+    """The markers of every configuration whose data is `folder`."""
+    return sorted((folder.parent / MARKER_FOLDER).glob(f"{folder.name}__*.json"))
+
+
 def mark_incomplete(dataset_name: str, configuration: str, plans_name: str) -> None:
-    """Before preprocessing one configuration: remove its marker (the data is about to change)."""
+    """Before preprocessing one configuration: remove the markers of its data folder (the data is
+    about to change, also for configurations that share the folder, e.g. 3d_cascade_fullres)."""
     base = paths.preprocessed() / dataset_name
     plans = json.loads((base / f"{plans_name}.json").read_text())
-    _marker(_data_folder(dataset_name, plans, configuration), configuration).unlink(missing_ok=True)
+    folder = _data_folder(dataset_name, plans, configuration)
+    for marker in {_marker(folder, configuration), *_folder_markers(folder)}:
+        marker.unlink(missing_ok=True)
 
 
 def preprocessed_cases(folder: Path) -> list[str]:
@@ -124,7 +137,11 @@ def require_complete(dataset: str, configuration: str, plans_name: str) -> None:
     folder = _data_folder(dataset_name, plans, configuration)
     rerun = (f"run `dnnunet plan-and-preprocess -d {dataset_name} -c {configuration}"
              f"{'' if plans_name == 'dnnunetPlans' else f' -p {plans_name}'}` (it completes the data)")
+    dataset_json = json.loads((paths.preprocessed() / dataset_name / "dataset.json").read_text())
+    expected_hash = preprocessing_hash(plans, configuration, dataset_json)
     marker = _marker(folder, configuration)
+    if not marker.is_file():  # a configuration sharing the folder (3d_fullres for the cascade) may vouch for it
+        marker = next((m for m in _folder_markers(folder) if _recorded_hash(m) == expected_hash), marker)
     if not marker.is_file():
         raise UserInputError(f"the preprocessed data of {dataset_name} / {configuration} in {folder} is incomplete: "
                              f"preprocessing was interrupted, skipped (--plan-only) or made by an older version; "
@@ -133,14 +150,20 @@ def require_complete(dataset: str, configuration: str, plans_name: str) -> None:
         record = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserInputError(f"{marker} is unreadable ({err}); {rerun}") from None
-    dataset_json = json.loads((paths.preprocessed() / dataset_name / "dataset.json").read_text())
-    if record.get("plans_sha256") != preprocessing_hash(plans, configuration, dataset_json):
+    if record.get("plans_sha256") != expected_hash:
         raise UserInputError(f"the preprocessed data of {dataset_name} / {configuration} was made with other plans "
                              f"than {plans_name}.json holds now (re-planned with --plan-only?); {rerun}")
     found = preprocessed_cases(folder)
     if found != record.get("cases"):
         raise UserInputError(f"{folder} does not hold the cases its preprocessing recorded: "
                              f"{_difference_text(record.get('cases') or [], found)}; {rerun}")
+
+
+def _recorded_hash(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("plans_sha256")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def check_splits(splits_file: str | Path, preprocessed_folder: str | Path, fold: int | str = 0) -> None:

@@ -23,6 +23,9 @@ SUBCOMMANDS = {
                         "fit on the validation folds which case score flags cases for review"),
     "evaluate": ("diffusion_nnunet.cli.evaluate", "Dice, HD95 and NSD of a prediction folder"),
     "demo": ("diffusion_nnunet.cli.demo", "the whole pipeline on a generated dataset"),
+    "export-model": ("diffusion_nnunet.cli.export_model", "write trained model folders into a zip (nnU-Net's layout)"),
+    "install-model": ("diffusion_nnunet.cli.install_model",
+                      "install a model zip (ours or nnunetv2's) into nnUNet_results"),
     "ext-trainer-path": ("diffusion_nnunet.cli.ext_trainer_path", "folder for nnunetv2's nnUNet_extTrainer"),
 }
 

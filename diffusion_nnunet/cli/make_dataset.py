@@ -23,6 +23,10 @@ def add_arguments(p):
     p.add_argument("--sparse-labels", type=float, default=None, metavar="FRACTION",
                    help="annotate only this share of each training label (seeded 16-voxel blocks); the rest gets "
                         "dataset.json's ignore label (sparse annotations, as nnU-Net v2 supports)")
+    p.add_argument("--shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                   help="synthetic-ct3d: every case resampled to this array shape at the same spacing; large "
+                        "images make the planner add nnU-Net's cascade (3d_lowres, 3d_cascade_fullres): "
+                        "32 96 96 is the smallest found for the cpu-small budget")
 
 
 def run(args):
@@ -31,6 +35,6 @@ def run(args):
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
                           args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes,
-                          sparse_labels=args.sparse_labels)
+                          sparse_labels=args.sparse_labels, shape=args.shape)
     print(folder)
     return 0

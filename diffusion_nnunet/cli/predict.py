@@ -20,6 +20,10 @@ def add_arguments(p):
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an OUT that holds results of another run, whole (without it, or "
                                "--continue-prediction, such an OUT is refused)")
+    p.add_argument("-prev_stage_predictions", "--prev-stage-predictions", default=None, metavar="FOLDER",
+                   help="cascade stage (3d_cascade_fullres): the 3d_lowres segmentations to start from, as "
+                        "nnUNetv2_predict takes them (default: the chain runs, the 3d_lowres model beside the "
+                        "cascade model predicting into OUT/3d_lowres first)")
     p.add_argument("--tile-batch", type=int, default=None,
                    help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     g = p.add_argument_group("diffusion models")
@@ -61,28 +65,23 @@ def run(args):
     from pathlib import Path
 
     from diffusion_nnunet.errors import UserInputError
-    from diffusion_nnunet.inference.predictor import model_folder, predict_folder
-    from diffusion_nnunet.inference.review_list import finish_prediction, is_diffusion_model
+    from diffusion_nnunet.inference.folder_prediction import predict_and_review
+    from diffusion_nnunet.inference.predictor import model_folder
     from diffusion_nnunet.utils.device import resolve_device
 
     if args.model is None and args.dataset is None:
         raise UserInputError("give a model folder with -m, or -d DATASET (with -c/-tr/-p)")
     folder = args.model or model_folder(args.dataset, args.trainer, args.configuration, args.plans)
-    folds = parse_folds(args.folds)
     diffusion = {"sampler": args.sampler, "num_steps": args.steps, "num_samples": args.num_samples,
                  "seed": args.seed, "save_every_step": args.save_every_step or None,
                  "presegmenter": args.presegmenter, "presegmentation": args.presegmentation,
                  "start_step": args.start_step, "soft_start": args.soft_start or None,
                  "sample_mirroring": args.sample_mirroring, "tile_batch": args.tile_batch}
-    if args.overview:
-        images = Path(args.input)
-        diffusion["overview_png_for"] = lambda case: next(images.glob(f"{case}_0000.*"))
-    if not args.no_case_scores and is_diffusion_model(folder):
-        diffusion["keep_samples"] = True
-    predict_folder(folder, args.input, args.output, folds, args.checkpoint, resolve_device(args.device),
-                   args.save_probabilities, not args.disable_tta, args.step_size, args.overwrite, diffusion,
-                   continue_prediction=args.continue_prediction)
-    review = finish_prediction(args.input, args.output, folder, args.overview)
+    review = predict_and_review(folder, args.input, args.output, parse_folds(args.folds), args.checkpoint,
+                                resolve_device(args.device), args.save_probabilities, not args.disable_tta,
+                                args.step_size, args.overwrite, diffusion, args.continue_prediction,
+                                case_scores=not args.no_case_scores, overview=args.overview,
+                                previous_stage_predictions=args.prev_stage_predictions).review
     if review is not None:
         shown = ", ".join(f"{c} ({review['scores'][c]:.3g})" for c in review["order"][:5])
         print(f"least certain cases (by {review['sorted_by']}): {shown}")

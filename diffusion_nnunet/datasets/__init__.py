@@ -28,7 +28,8 @@ __all__ = ["GENERATORS", "DEFAULT_IDS", "Case", "DatasetGenerator", "make_datase
 def make_dataset(name: str, raw_root: Path, dataset_id: int | None = None, num_train: int | None = None,
                  num_test: int | None = None, seed: int = 0, overwrite: bool = False,
                  labelled_fraction: float | None = None, test_difficulty: str = "varied",
-                 keep_classes: list[str] | None = None, sparse_labels: float | None = None) -> Path:
+                 keep_classes: list[str] | None = None, sparse_labels: float | None = None,
+                 shape: tuple[int, ...] | None = None) -> Path:
     """Write the raw dataset ``raw_root/DatasetXXX_Name`` and return its folder.
 
     The folder holds dataset.json, imagesTr, labelsTr, imagesTs and labelsTs. It is written
@@ -51,6 +52,8 @@ def make_dataset(name: str, raw_root: Path, dataset_id: int | None = None, num_t
             labels renumbered; ``datasets.keep_classes``); None: all classes.
         sparse_labels: annotated share of each training label (seeded blocks; the rest gets
             the ``ignore`` label, ``datasets.sparse_labels``); None: dense labels.
+        shape: array shape (Z, Y, X) of every case (synthetic-ct3d only; large shapes make
+            nnU-Net plan its cascade); None: the generator's geometry.
 
     Raises:
         UserInputError: unknown name (the message lists the known names), the folder exists
@@ -62,4 +65,5 @@ def make_dataset(name: str, raw_root: Path, dataset_id: int | None = None, num_t
         raise UserInputError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(GENERATORS))}")
     return build_dataset(generator, Path(raw_root), dataset_id=dataset_id, num_train=num_train,
                          num_test=num_test, seed=seed, overwrite=overwrite, labelled_fraction=labelled_fraction,
-                         test_difficulty=test_difficulty, keep_classes=keep_classes, sparse_labels=sparse_labels)
+                         test_difficulty=test_difficulty, keep_classes=keep_classes, sparse_labels=sparse_labels,
+                         shape=shape)

@@ -63,6 +63,8 @@ class DatasetGenerator:
         regions_class_order: dataset.json ``regions_class_order`` of a region-based dataset
             (the label value each region paints when a prediction is turned into a label map);
             None: classes.
+        shaped_cases: ``shaped_cases(num_train, num_test, seed, shape)``: the cases at an array
+            shape the caller chooses (``make-dataset --shape``); None: the generator has one geometry.
     """
 
     name: str
@@ -81,6 +83,7 @@ class DatasetGenerator:
     degrade_window: tuple[float, float] | None = None
     test_contrast: bool = True
     regions_class_order: tuple[int, ...] | None = None
+    shaped_cases: Callable[[int | None, int | None, int, tuple[int, ...]], Iterator[Case]] | None = None
 
 
 def case_rng(seed: int, split: Split, index: int) -> np.random.Generator:

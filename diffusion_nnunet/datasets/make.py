@@ -63,7 +63,7 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
                   num_train: int | None = None, num_test: int | None = None, seed: int = 0,
                   overwrite: bool = False, labelled_fraction: float | None = None,
                   test_difficulty: str = "varied", keep_classes: list[str] | None = None,
-                  sparse_labels: float | None = None) -> Path:
+                  sparse_labels: float | None = None, shape: tuple[int, ...] | None = None) -> Path:
     """Write ``raw_root/DatasetXXX_Name`` from `generator`; return the folder.
 
     Args:
@@ -83,6 +83,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
             and the labels are renumbered (``datasets.keep_classes``). None: all classes.
         sparse_labels: annotate only this share of each training label (seeded blocks); the
             rest gets dataset.json's ``ignore`` label (``datasets.sparse_labels``). None: dense.
+        shape: the cases' array shape, for generators with `shaped_cases` (synthetic-ct3d);
+            None: the generator's own geometry.
 
     Raises:
         UserInputError: bad arguments, existing folder without overwrite, or the id is taken
@@ -98,6 +100,9 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
         resolve_kept_classes(dict(generator.labels), keep_classes)  # and the classes
     if sparse_labels is not None:
         check_fraction(sparse_labels)
+    if shape is not None and generator.shaped_cases is None:
+        raise UserInputError(f"{generator.name} has one geometry: --shape is for "
+                             "synthetic-ct3d")
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
@@ -107,7 +112,8 @@ def build_dataset(generator: DatasetGenerator, raw_root: Path, dataset_id: int |
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=raw_root))
     try:
-        cases = generator.cases(num_train, num_test, seed)
+        cases = (generator.cases(num_train, num_test, seed) if shape is None
+                 else generator.shaped_cases(num_train, num_test, seed, tuple(shape)))
         difficulties: dict[str, dict] = {}
         if test_difficulty == "varied":
             cases = vary_test_cases(cases, seed, generator.test_artefact or (lambda x, level, rng: x),

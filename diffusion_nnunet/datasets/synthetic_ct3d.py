@@ -20,6 +20,11 @@ What is simulated, and why it exercises nnU-Net like a real abdominal CT task:
   noise of 10-20 HU standard deviation, so HU ranges of neighbouring soft tissues overlap.
 
 Arrays are ``(z, y, x)``; the writer passes spacing to SimpleITK as ``(x, y, z)``.
+
+``make-dataset synthetic-ct3d --shape Z Y X`` resamples every simulated case to that array shape
+at the same voxel spacing (a larger body, as in a wider field of view): images linearly, labels by
+nearest neighbour. Large shapes make nnU-Net plan its cascade (3d_lowres, 3d_cascade_fullres),
+which needs the fullres patch to cover under a quarter of the median image.
 """
 from __future__ import annotations
 
@@ -117,6 +122,39 @@ def simulate(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(hu), *HU_RANGE).astype(np.int16), label
 
 
+def simulate_at_shape(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`simulate`, resampled to the array shape `shape` (z, y, x) at the same spacing.
+
+    Raises:
+        UserInputError: `shape` is not three sizes of at least 8 voxels.
+    """
+    shape = check_shape(shape)
+    image, label = simulate(rng)
+    factors = [t / s for t, s in zip(shape, image.shape)]
+    resized = ndimage.zoom(image.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+    labels = ndimage.zoom(label, factors, order=0, mode="nearest", grid_mode=True)
+    return np.clip(np.round(resized), *HU_RANGE).astype(np.int16), labels.astype(np.uint8)
+
+
+def check_shape(shape) -> tuple[int, int, int]:
+    """`shape` as three ints (z, y, x) of at least 8 voxels each.
+
+    Raises:
+        UserInputError: anything else.
+    """
+    from diffusion_nnunet.errors import UserInputError
+
+    values = tuple(int(v) for v in shape)
+    if len(values) != 3 or min(values) < 8:
+        raise UserInputError(f"--shape takes three sizes Z Y X of at least 8 voxels each, got {list(shape)}")
+    return values  # type: ignore[return-value]
+
+
+def _shaped_cases(num_train: int | None, num_test: int | None, seed: int, shape: tuple[int, ...]):
+    shape = check_shape(shape)
+    return simulated_cases("ct", lambda rng: simulate_at_shape(rng, shape), SPACING)(num_train, num_test, seed)
+
+
 def _organs(rng: np.random.Generator, grid, hu: np.ndarray, label: np.ndarray, interior: np.ndarray,
             center: tuple[float, float], vertebra: tuple[float, float], vertebra_radius: float) -> None:
     """Paint liver, spleen, kidneys (with perirenal fat) and aorta into `hu` and `label`."""
@@ -168,4 +206,5 @@ GENERATOR = DatasetGenerator(
     degrade_window=(-500.0, 300.0),
     test_contrast=False,
     value_range=HU_RANGE,
+    shaped_cases=_shaped_cases,
 )

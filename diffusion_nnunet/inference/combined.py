@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.inference.cascade import model_previous_stage
 from diffusion_nnunet.inference.output_folder import claim_output_folder, prediction_settings
 from diffusion_nnunet.inference.predictor import (
     DnnPredictor,
@@ -89,6 +90,8 @@ def predict_with_ensemble(nnunet_model: str | Path, diffusion_model: str | Path,
     folders = {"nnunet": out / "nnunet", "pd_ddpm": out / "pd_ddpm", "ensemble": out / "ensemble"}
     diffusion_options = {"presegmentation": folders["nnunet"], "start_step": start_step, "num_samples": num_samples,
                          "seed": seed, "tile_batch": tile_batch, "sample_mirroring": sample_mirroring}
+    if in_memory and model_previous_stage(nnunet_model) is not None:
+        in_memory = False  # a cascade runs its chain through predict_folder (the same files)
     if in_memory:
         _predict_in_memory(nnunet_model, diffusion_model, Path(input_dir), folders, nnunet_folds, diffusion_folds,
                            diffusion_options, ensemble_weights(weights), device, use_mirroring)

@@ -178,8 +178,12 @@ class DiffusionPredictor(DnnPredictor):
             return self.start_step + 1
         return self.num_steps or self.schedule.num_steps
 
+    def uses_presegmentation(self) -> bool:
+        """PD-DDPM: pre-segmentations come from a folder or are handed over in memory."""
+        return self.presegmentation is not None or self.presegmentation_in_memory is not None
+
     def check_cases(self, cases: list[str]) -> None:
-        if self.presegmentation is None:
+        if not self.uses_presegmentation():
             if self.start_step is not None:
                 raise UserInputError("--start-step needs a pre-segmentation (--presegmenter or --presegmentation)")
             return
@@ -204,7 +208,7 @@ class DiffusionPredictor(DnnPredictor):
     def prepare_case(self, case: str, data: torch.Tensor, properties: dict) -> torch.Tensor:
         """PD-DDPM: stack the pre-segmentation's x0 estimate onto the image (as nnU-Net's cascade
         stacks the previous stage), so the sliding window cuts both into the same tiles."""
-        if self.presegmentation is None:
+        if not self.uses_presegmentation():
             return data
         num_classes = self.label_manager.num_segmentation_heads
         space = self.label_space
@@ -217,7 +221,8 @@ class DiffusionPredictor(DnnPredictor):
             probs = to_preprocessed(probs, properties, self.plans_manager, self.configuration_manager,
                                     data.shape[1:])
         except ValueError as err:
-            raise InvalidDataError(self.presegmentation / case, str(err)) from err
+            raise InvalidDataError(self.presegmentation / case if self.presegmentation else f"pre-segmentation of {case}",
+                                   str(err)) from err
         x0_pre = pre_segmentation_x0(torch.from_numpy(probs)[None], soft=self.soft_start, regions=space.regions)[0]
         return torch.cat([data, x0_pre.to(data.dtype)], 0)
 
@@ -305,14 +310,20 @@ class DiffusionPredictor(DnnPredictor):
             super().export_case(step_logits.float().cpu(), properties, str(folder / out.name), True)
         return probabilities
 
+    def uncertainty_in_original(self, logits: torch.Tensor, properties: dict) -> np.ndarray:
+        """(3, *original array shape): entropy of the mean, variance across samples and mutual
+        information of the last predicted case (needs `uncertainty`), as the images hold them."""
+        space = self.label_space  # regions: the sum of the regions' Bernoulli entropies
+        entropy = predictive_entropy(space.as_distribution(space.probabilities(logits.float(), 0), 0))
+        # the statistics stay where the sliding window ran (the GPU); the logits come back on the CPU
+        variance, mean_sample_entropy = self.last_sample_statistics.to(entropy.device)
+        maps = torch.stack([entropy, variance, (entropy - mean_sample_entropy).clamp_min(0)]).cpu().numpy()
+        return to_original(maps, properties, self.plans_manager, self.configuration_manager)
+
     def _export_uncertainty(self, logits: torch.Tensor, properties: dict, out: Path) -> None:
         """Entropy of the mean, variance across samples and mutual information, as images in the
         segmentation's geometry (and an overview PNG on request)."""
-        space = self.label_space
-        entropy = predictive_entropy(space.as_distribution(space.probabilities(logits.float(), 0), 0))
-        variance, mean_sample_entropy = self.last_sample_statistics
-        maps = torch.stack([entropy, variance, (entropy - mean_sample_entropy).clamp_min(0)]).cpu().numpy()
-        entropy, variance, mi = to_original(maps, properties, self.plans_manager, self.configuration_manager)
+        entropy, variance, mi = self.uncertainty_in_original(logits, properties)
         seg_file = out.parent / f"{out.name}{self.dataset_json['file_ending']}"
         # in a subfolder, so that the prediction folder holds only segmentations (evaluate, ensemble)
         write_uncertainty_maps(UncertaintyMaps(torch.from_numpy(entropy), torch.from_numpy(variance),

@@ -29,6 +29,7 @@ from typing import Iterator
 
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.utils.atomic import write_json
+from diffusion_nnunet.utils.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +103,6 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _pid_of(name: str, prefix: str) -> int | None:
     tail = name[len(prefix):] if name.startswith(prefix) else ""
     return int(tail) if tail.isdigit() else None
@@ -129,7 +120,7 @@ def clean_stale_staging(folder: Path) -> None:
         pid = _pid_of(entry.name, STAGING_PREFIX)
         if pid is None or pid == os.getpid():
             continue
-        if _pid_alive(pid):
+        if pid_alive(pid):
             raise UserInputError(f"another prediction (process {pid}) is writing into {folder} "
                                  f"({entry.name}); wait for it to end or choose another -o")
         logger.info("removing %s, left by an interrupted run (process %d)", entry, pid)
@@ -143,7 +134,7 @@ def _clean_stale_replaced(folder: Path) -> None:
         return
     for entry in folder.parent.iterdir():
         pid = _pid_of(entry.name, prefix)
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             logger.info("removing %s, the replaced results of an interrupted --overwrite run", entry)
             shutil.rmtree(entry, ignore_errors=True)
 

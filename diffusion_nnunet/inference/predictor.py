@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
+from diffusion_nnunet.inference import cascade
 from diffusion_nnunet.inference.checkpoint_io import load_weights, read_checkpoint
 from diffusion_nnunet.inference.output_folder import (
     claim_output_folder,
@@ -85,7 +86,12 @@ class DnnPredictor(nnUNetPredictor):
             weighting and its half-precision accumulation are kept, so the result equals one tile
             at a time up to float rounding.
         *args, **kwargs: nnUNetPredictor's arguments.
+
+    A cascade stage (3d_cascade_fullres) reads each case's previous-stage segmentation from
+    `previous_stage_predictions` (nnUNetv2_predict's -prev_stage_predictions; see `cascade.py`).
     """
+
+    previous_stage_predictions: Path | None = None
 
     def __init__(self, *args, tile_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -238,10 +244,11 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
 
 def prediction_arguments(model_dir, folds, checkpoint_name: str, use_mirroring: bool, tile_step_size: float,
                          diffusion_options: dict) -> dict:
-    """What a prediction folder's predict_args.json records of the model and its settings (JSON values)."""
+    """What a prediction folder's predict_args.json records of the model and its settings (JSON values;
+    a callable, e.g. the overview's image lookup, as true: its text would differ in every run)."""
     return {"model": str(Path(model_dir).absolute()), "folds": folds, "checkpoint": checkpoint_name,
             "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-            "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else True if callable(v) else str(v)
                           for k, v in diffusion_options.items() if v is not None}}
 
 
@@ -249,7 +256,7 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
                    checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
                    save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
                    overwrite: bool = True, diffusion_options: dict | None = None,
-                   continue_prediction: bool = False) -> list[str]:
+                   continue_prediction: bool = False, previous_stage_predictions=None) -> list[str]:
     """Predict every case of `input_dir` (nnU-Net naming: CASE_0000.nii.gz ...) into `output_dir`.
 
     Args:
@@ -268,17 +275,29 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
             and its probabilities start PD-DDPM.
         continue_prediction: keep the cases of an output folder predicted with the same settings
             and predict the others. Without it or `overwrite`, a folder with results is refused.
+        previous_stage_predictions: for a cascade stage (3d_cascade_fullres), the folder of the
+            previous stage's segmentations. None: the chain runs, the previous stage's model (the
+            sibling model folder) predicting into OUT/<previous stage> first.
 
     Returns:
         The case identifiers written.
     """
     diffusion_options = dict(diffusion_options or {})
+    previous = cascade.model_previous_stage(model_dir)
+    if previous is not None and previous_stage_predictions is None:
+        return _predict_chain(model_dir, previous, input_dir, output_dir, folds, checkpoint_name, device,
+                              save_probabilities, use_mirroring, tile_step_size, overwrite, diffusion_options,
+                              continue_prediction)
     presegmenter = diffusion_options.pop("presegmenter", None)
     arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size,
                                      diffusion_options)
+    if previous_stage_predictions is not None:
+        arguments["previous_stage_predictions"] = str(Path(previous_stage_predictions).absolute())
     if presegmenter is None:
         predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
                                    diffusion_options)
+        predictor.previous_stage_predictions = None if previous_stage_predictions is None else Path(
+            previous_stage_predictions)
         return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite, arguments,
                               continue_prediction)
     # PD-DDPM: the nnU-Net model's probabilities are the starting point. OUT is claimed first, so
@@ -294,6 +313,34 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
         diffusion_options["presegmentation"] = pre_dir
         predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
                                    diffusion_options)
+        predictor.previous_stage_predictions = None if previous_stage_predictions is None else Path(
+            previous_stage_predictions)
+        return run_prediction(predictor, input_dir, output_dir, save_probabilities, False, arguments, True)
+
+
+def _predict_chain(model_dir, previous: str, input_dir, output_dir, folds, checkpoint_name: str, device,
+                   save_probabilities: bool, use_mirroring: bool, tile_step_size: float, overwrite: bool,
+                   diffusion_options: dict, continue_prediction: bool) -> list[str]:
+    """nnU-Net's cascade in one call: the previous stage into OUT/<previous>, then this stage from it.
+    OUT is claimed first, so that --overwrite replaces OUT/<previous> with the rest and a refusal
+    comes before any compute."""
+    if diffusion_options.get("presegmenter") is not None:
+        raise UserInputError(f"{Path(model_dir).name} is a cascade stage: PD-DDPM takes a cascade's prediction by "
+                             f"giving the cascade model as --presegmenter of a diffusion model, not the other way")
+    first = cascade.previous_stage_model(model_dir, previous, folds, checkpoint_name)
+    previous_dir = Path(output_dir) / previous
+    arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size,
+                                     diffusion_options)
+    arguments["previous_stage"] = {"model": str(first.absolute()), "predictions": str(previous_dir.absolute())}
+    settings = prediction_settings(input_dir, save_probabilities, arguments)
+    with claim_output_folder(output_dir, settings, overwrite, continue_prediction):
+        logger.info("cascade: %s predicts into %s first", first.name, previous_dir)
+        predict_folder(first, input_dir, previous_dir, folds, checkpoint_name, device, False, use_mirroring,
+                       tile_step_size, overwrite, {"tile_batch": diffusion_options.get("tile_batch")},
+                       continue_prediction)
+        predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
+                                   diffusion_options)
+        predictor.previous_stage_predictions = previous_dir
         return run_prediction(predictor, input_dir, output_dir, save_probabilities, False, arguments, True)
 
 
@@ -312,6 +359,8 @@ def run_prediction(predictor: DnnPredictor, input_dir, output_dir, save_probabil
     refuse_output_inside_input(input_dir, output_dir)
     cases = validate_prediction_inputs(input_dir, dataset_json["channel_names"], ending)
     predictor.check_cases(cases)
+    cascade.check_previous_stage(predictor.previous_stage_predictions,
+                                 predictor.configuration_manager.previous_stage_name, cases, ending)
     num_channels = len(dataset_json["channel_names"])
     with claim_output_folder(output_dir, settings, overwrite, continue_prediction):
         done = finished_cases(output_dir, cases, ending, save_probabilities) if continue_prediction else []
@@ -334,9 +383,12 @@ def _predict_cases(predictor: DnnPredictor, cases: list[str], input_dir: Path, o
     try:
         for case in tqdm(cases, desc=f"predict {output_dir.name}", unit="case"):
             images = [str(input_dir / f"{case}_{c:04d}{ending}") for c in range(num_channels)]
+            previous = cascade.previous_stage_file(predictor.previous_stage_predictions, case, ending)
             with nnunet_output_to_log(logger):
-                data, _, properties = preprocessor.run_case(images, None, predictor.plans_manager,
-                                                            predictor.configuration_manager, dataset_json)
+                data, seg, properties = preprocessor.run_case(images, previous, predictor.plans_manager,
+                                                              predictor.configuration_manager, dataset_json)
+                if previous is not None:
+                    data = cascade.add_previous_stage(data, seg, predictor.label_manager)
                 data = predictor.prepare_case(case, torch.from_numpy(data), properties)
                 logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
                 predictor.export_case(logits, properties, str(staging / case), save_probabilities)

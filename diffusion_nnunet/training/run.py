@@ -15,7 +15,7 @@ import torch
 
 from diffusion_nnunet import paths
 from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.training import distributed, fold_lock, fold_state, registry
+from diffusion_nnunet.training import cascade, distributed, fold_lock, fold_state, registry
 from diffusion_nnunet.training.base import CONFIG_FILE, PREVIOUS_CHECKPOINT
 from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
@@ -113,6 +113,7 @@ def train(dataset: str, configuration: str, fold: int | str, trainer: str = "bas
         raise UserInputError("--overwrite starts a new run and --continue resumes one: give one of them")
     fold = _checked_fold(dataset, fold)
     require_complete_preprocessing(dataset, configuration, plans_name)  # before the guard moves anything
+    _check_cascade(dataset, configuration, trainer, plans_name, validate)
     world = env.world_size if env is not None else num_processes
     if world > 1:  # before the guard below moves anything
         _check_distributed_launch(dataset, configuration, trainer, plans_name, world, device)
@@ -123,6 +124,30 @@ def train(dataset: str, configuration: str, fold: int | str, trainer: str = "bas
         return _launch(env, num_processes, device, kwargs)
     with _guarded_fold(dataset, configuration, fold, trainer, plans_name, continue_training, overwrite):
         return _launch(env, num_processes, device, kwargs)
+
+
+def _check_cascade(dataset: str, configuration: str, trainer: str, plans_name: str, validate: bool) -> None:
+    """nnU-Net's cascade: a second stage needs the first stage's predictions (see `cascade.py`)."""
+    from planning.preprocessing_state import preprocessed_cases
+
+    dataset_name, plans = load_plans(dataset, configuration, plans_name)
+    cascade.warn_if_next_stage_unprepared(dataset, plans, configuration, plans_name, validate)
+    if cascade.previous_stage(plans, configuration) is None:
+        return
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    trainer_class = registry.get(trainer).cls
+    if trainer_class.perform_actual_validation is not nnUNetTrainer.perform_actual_validation:
+        # its own validation (the diffusion sampler's) does not add the previous stage's channels
+        raise UserInputError(f"{configuration} (nnU-Net's cascade) trains with nnU-Net's validation, i.e. the "
+                             f"baseline; {trainer!r} validates its own way. Diffusion models take the cascade as "
+                             f"PD-DDPM's pre-segmenter: train them on 3d_fullres and predict with --presegmenter "
+                             f"<the cascade model folder>")
+
+    data = paths.preprocessed() / dataset_name / PlansManager(plans).get_configuration(configuration).data_identifier
+    cascade.require_previous_stage(dataset_name, plans, configuration, trainer_class.__name__, plans_name,
+                                   preprocessed_cases(data), trainer)
 
 
 def _checked_fold(dataset: str, fold: int | str) -> int | str:
