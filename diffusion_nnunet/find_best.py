@@ -12,9 +12,9 @@ evaluated against the training labels, and the best mean foreground Dice wins; t
 cheaper candidate (fewer networks, fewer reverse steps). Results go to
 `nnUNet_results/DatasetXXX/find_best_<configuration>/`: `inference_information.json` (every
 candidate's Dice per fold and the choice) and `inference_instructions.txt` (the commands to
-predict new images with the choice). The best start step of each diffusion model is written
-into that model's plans (`diffusion.start_step`, with its source), which `dnnunet predict`
-uses when `--start-step` is not given.
+predict new images with the choice). The best start step of each diffusion model is recorded in
+that model's `inference_defaults.json` (key `pd_ddpm`, with its source; plans.json is left as the
+planner wrote it), which `dnnunet predict` uses when `--start-step` is not given.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from diffusion_nnunet import paths
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
+from diffusion_nnunet.inference.inference_defaults import update_inference_defaults
 from diffusion_nnunet.inference.predictor import model_folder, predict_folder
 from diffusion_nnunet.utils.atomic import write_json, write_text
 from planning.planner import DEFAULT_PLANS_NAME, DEFAULT_TIMESTEPS
@@ -124,7 +125,7 @@ def _timesteps(model: Path, configuration: str) -> int:
 def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), nnunet_model: str | Path | None = None,
               diffusion_models: list[str | Path] | None = None, start_steps: list[int] | None = None,
               num_samples: int | None = None, seed: int = 0, device: torch.device = torch.device("cpu"),
-              use_mirroring: bool = False, update_plans: bool = True) -> dict:
+              use_mirroring: bool = False, record_defaults: bool = True) -> dict:
     """Evaluate every candidate on the validation folds and write the choice (see module docstring).
 
     Args:
@@ -139,7 +140,8 @@ def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), 
         seed: sampler seed.
         device: torch device.
         use_mirroring: test-time mirroring (off by default: it multiplies the sampling cost).
-        update_plans: write each diffusion model's best start step into its plans.json.
+        record_defaults: record each diffusion model's best start step in its
+            inference_defaults.json (`predict` then starts PD-DDPM there).
 
     Returns:
         The content of inference_information.json.
@@ -202,8 +204,8 @@ def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), 
     info = {"dataset": dataset_name, "configuration": configuration, "folds": folds, "seed": seed,
             "num_samples": num_samples, "use_mirroring": use_mirroring,
             "candidates": [asdict(c) for c in candidates.values()], "best": asdict(best)}
-    if update_plans:
-        info["plans_updated"] = _record_start_steps(list(candidates.values()), configuration, folds)
+    if record_defaults:
+        info["start_steps_recorded"] = _record_start_steps(list(candidates.values()), folds)
     info["instructions"] = str(out / "inference_instructions.txt")
     write_json(info, out / "inference_information.json")
     write_text(inference_instructions(best, dataset_name, configuration, folds, num_samples), out /
@@ -227,8 +229,9 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_=" else "_" for ch in name).strip("_")
 
 
-def _record_start_steps(candidates: list[Candidate], configuration: str, folds: list[int]) -> dict[str, int]:
-    """Write each diffusion model's best PD-DDPM start step into its plans.json (atomically)."""
+def _record_start_steps(candidates: list[Candidate], folds: list[int]) -> dict[str, int]:
+    """Record each diffusion model's best PD-DDPM start step in its inference defaults
+    (`inference.inference_defaults`; plans.json stays the planner's)."""
     best_k: dict[str, Candidate] = {}
     for c in candidates:
         if c.start_step is None or c.ensemble_of or not np.isfinite(c.dice):
@@ -236,17 +239,11 @@ def _record_start_steps(candidates: list[Candidate], configuration: str, folds: 
         model = c.models[-1]
         if model not in best_k or (c.dice, -c.reverse_steps) > (best_k[model].dice, -best_k[model].reverse_steps):
             best_k[model] = c
-    updated = {}
     for model, c in best_k.items():
-        plans_file = Path(model) / "plans.json"
-        plans = json.loads(plans_file.read_text())
-        section = plans["configurations"][configuration].setdefault("diffusion", {})
-        section["start_step"] = c.start_step
-        section["start_step_source"] = (f"find-best: best validation Dice ({c.dice:.4f}) of PD-DDPM start steps, "
-                                        f"folds {folds}")
-        write_json(plans, plans_file)
-        updated[model] = c.start_step
-    return updated
+        update_inference_defaults(model, "pd_ddpm", {
+            "start_step": c.start_step,
+            "source": f"find-best: best validation Dice ({c.dice:.4f}) of PD-DDPM start steps, folds {folds}"})
+    return {model: c.start_step for model, c in best_k.items()}
 
 
 def inference_instructions(best: Candidate, dataset_name: str, configuration: str, folds: list[int],

@@ -16,7 +16,6 @@ flagged cases in OUT/uncertainty/cases.csv.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -25,13 +24,12 @@ from typing import Mapping
 import numpy as np
 from scipy import stats
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.case_scores import SCORES
-from diffusion_nnunet.utils.atomic import write_json
+from diffusion_nnunet.inference.inference_defaults import update_inference_defaults
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_DEFAULTS = "inference_defaults.json"
 CRITERION = ("highest recall of the cases with Dice <= dice_level when flagging at most flag_rate of the cases; "
              "ties: higher precision, then more negative Spearman(score, Dice)")
 
@@ -122,21 +120,6 @@ def fit_review_flag(scores: Mapping[str, Mapping], dice: Mapping[str, float], di
     return out
 
 
-def read_inference_defaults(model: str | Path) -> dict:
-    """``<model>/inference_defaults.json`` ({} when absent).
-
-    Raises:
-        InvalidDataError: the file is not valid JSON.
-    """
-    path = Path(model) / INFERENCE_DEFAULTS
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InvalidDataError(path, f"not valid JSON: {err}") from err
-
-
 def write_review_flag(model: str | Path, flag: Mapping, source: str) -> Path:
     """Record `flag` under ``review_flag`` in the model's inference defaults (other keys are kept).
 
@@ -147,9 +130,6 @@ def write_review_flag(model: str | Path, flag: Mapping, source: str) -> Path:
     """
     from diffusion_nnunet.evaluation import to_jsonable
 
-    path = Path(model) / INFERENCE_DEFAULTS
-    defaults = read_inference_defaults(model)
-    defaults["review_flag"] = to_jsonable({**flag, "source": source})
-    write_json(defaults, path)
+    path = update_inference_defaults(model, "review_flag", to_jsonable({**flag, "source": source}))
     logger.info("review flag recorded in %s", path)
     return path

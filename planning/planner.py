@@ -94,7 +94,7 @@ class BudgetedPlanner(ExperimentPlanner):
             "timesteps": DEFAULT_TIMESTEPS,
             "sampler": "ddpm",
             "start_step": start_step,
-            "start_step_source": "planner: 40 % of the reverse steps (find-best replaces it by the validated best)",
+            "start_step_source": "planner: 40 % of the reverse steps (find-best records the validated best in inference_defaults.json)",
             "num_samples": num_samples,
             "num_samples_reason": samples_reason,
             "mask_input_channels": num_classes,

@@ -41,8 +41,9 @@ def test_find_best_on_the_validation_fold(env, recycle_model, tmp_path, capsys):
     from diffusion_nnunet.evaluation import evaluate_folders
     from diffusion_nnunet.find_best import find_best, validation_cases
 
-    # a copy, so that the plans update does not change the session's shared model
+    # a copy, so that the recorded defaults do not change the session's shared model
     diffusion = shutil.copytree(recycle_model, tmp_path / recycle_model.name)
+    plans_before = (diffusion / "plans.json").read_text()
     info = find_best("511", "2d", [0], env["model"], [diffusion], start_steps=None, seed=0)
 
     names = [c["name"] for c in info["candidates"]]
@@ -69,12 +70,13 @@ def test_find_best_on_the_validation_fold(env, recycle_model, tmp_path, capsys):
     b = np.load(out / "fold_0" / tag / f"{case}.npz")["probabilities"]
     np.testing.assert_allclose(ens, (a + b) / 2, atol=1e-5)
 
-    # the best PD-DDPM start step is recorded in the diffusion model's plans
+    # the best PD-DDPM start step is recorded in the diffusion model's inference defaults, not its plans
     pd = [c for c in info["candidates"] if c["start_step"] is not None and not c["ensemble_of"]]
     best_k = max(pd, key=lambda c: (c["dice"], -c["reverse_steps"]))["start_step"]
-    section = json.loads((diffusion / "plans.json").read_text())["configurations"]["2d"]["diffusion"]
-    assert section["start_step"] == best_k and "find-best" in section["start_step_source"]
-    assert info["plans_updated"] == {str(diffusion): best_k}
+    recorded = json.loads((diffusion / "inference_defaults.json").read_text())["pd_ddpm"]
+    assert recorded["start_step"] == best_k and "find-best" in recorded["source"]
+    assert info["start_steps_recorded"] == {str(diffusion): best_k}
+    assert (diffusion / "plans.json").read_text() == plans_before
 
     instructions = (out / "inference_instructions.txt").read_text()
     assert info["best"]["name"] in instructions and "dnnunet predict" in instructions

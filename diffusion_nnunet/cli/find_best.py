@@ -17,8 +17,9 @@ def add_arguments(p):
                    help="diffusion samples per case (default: with --tta one per mirror variant, else 1)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--tta", action="store_true", help="test-time mirroring (slower: it multiplies sampling)")
-    p.add_argument("--keep-plans", action="store_true",
-                   help="do not write the best PD-DDPM start step into the diffusion models' plans")
+    # --keep-plans: the earlier name, from when the start step went into plans.json
+    p.add_argument("--keep-defaults", "--keep-plans", dest="keep_defaults", action="store_true",
+                   help="do not record the best PD-DDPM start step in the diffusion models' inference_defaults.json")
     add_device_argument(p)
 
 
@@ -27,7 +28,7 @@ def run(args):
     from diffusion_nnunet.utils.device import resolve_device
 
     info = find_best(args.dataset, args.configuration, args.folds, args.nnunet, args.diffusion, args.start_steps,
-                     args.num_samples, args.seed, resolve_device(args.device), args.tta, not args.keep_plans)
+                     args.num_samples, args.seed, resolve_device(args.device), args.tta, not args.keep_defaults)
     width = max(len(c["name"]) for c in info["candidates"])
     for c in sorted(info["candidates"], key=lambda c: -c["dice"]):
         mark = "*" if c["name"] == info["best"]["name"] else " "

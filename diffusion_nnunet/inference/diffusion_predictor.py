@@ -31,6 +31,7 @@ from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from diffusion_nnunet.inference.inference_defaults import default_start_step
 from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.predictor import DnnPredictor
 from diffusion_nnunet.inference.presegmentation import load_presegmentation, to_original, to_preprocessed
@@ -188,10 +189,10 @@ class DiffusionPredictor(DnnPredictor):
                 raise UserInputError("--start-step needs a pre-segmentation (--presegmenter or --presegmentation)")
             return
         steps = self.num_steps or self.schedule.num_steps
-        if self.start_step is None:  # the planner's default (about 40 % of the steps)
-            self.start_step = self.configuration_manager.configuration.get("diffusion", {}).get("start_step")
+        if self.start_step is None:  # find-best's choice, else the planner's (about 40 % of the steps)
+            self.start_step = default_start_step(self.model_folder, self.configuration_manager.configuration)
             if self.start_step is None:
-                raise UserInputError("these plans propose no PD-DDPM start step: give --start-step")
+                raise UserInputError("neither find-best nor these plans propose a PD-DDPM start step: give --start-step")
             self.start_step = min(int(self.start_step), steps - 1)
         if not 0 <= self.start_step < steps:
             raise UserInputError(f"--start-step must be in 0..{steps - 1} (steps-1 is full sampling), "

@@ -92,6 +92,7 @@ class DnnPredictor(nnUNetPredictor):
     """
 
     previous_stage_predictions: Path | None = None
+    model_folder: Path | None = None  # set by initialize_from_trained_model_folder (its inference defaults)
 
     def __init__(self, *args, tile_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -138,6 +139,7 @@ class DnnPredictor(nnUNetPredictor):
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
         folder = Path(model_training_output_dir)
+        self.model_folder = folder
         for required in ("dataset.json", "plans.json"):
             if not (folder / required).is_file():
                 raise UserInputError(f"{folder / required} is missing: {folder} is not an nnU-Net model folder")

@@ -120,7 +120,8 @@ def write_review_list(output_dir: str | Path, model_dir: str | Path | None = Non
     Returns:
         ``{"order": [...], "sorted_by", "flagged": [...] or None, "review_flag": {...} or None}``.
     """
-    from diffusion_nnunet.review_flag import flag_cases, read_inference_defaults
+    from diffusion_nnunet.inference.inference_defaults import read_inference_defaults
+    from diffusion_nnunet.review_flag import flag_cases
 
     scores = read_case_scores(output_dir, cases)
     if not scores:

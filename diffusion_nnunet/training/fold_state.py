@@ -121,7 +121,8 @@ def _saved_plans(model_folder: Path):
 
 
 # Entries of a configuration's `diffusion` section that choose how to predict, not what is trained:
-# find-best rewrites them in a trained model's plans.json, which must not make its folds "other plans".
+# find-best rewrote them in the plans.json of models from before inference_defaults.json (it now
+# writes there), which must not make those folds "other plans".
 INFERENCE_DEFAULT_KEYS = ("start_step", "start_step_source")
 
 
