@@ -30,6 +30,7 @@ from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
 from diffusion_nnunet.inference.folder_prediction import FolderPrediction, predict_and_review
 from diffusion_nnunet.inference.predictor import DnnPredictor, load_predictor
 from diffusion_nnunet.inference.review_list import is_diffusion_model, predictor_case_scores
+from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.utils.device import resolve_device
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 
@@ -121,21 +122,20 @@ class Predictor:
         """
         device = device if isinstance(device, torch.device) else resolve_device(device)
         folds = None if folds is None else [f if f == "all" else int(f) for f in folds]
-        diffusion = {"sampler": sampler, "num_steps": num_steps, "num_samples": num_samples, "seed": seed,
-                     "start_step": start_step, "soft_start": soft_start or None, "sample_mirroring": sample_mirroring,
-                     "tile_batch": tile_batch}
+        sampling = SamplingConfig.from_options({
+            "sampler": sampler, "num_steps": num_steps, "num_samples": num_samples, "seed": seed,
+            "start_step": start_step, "soft_start": soft_start or None, "sample_mirroring": sample_mirroring,
+            "tile_batch": tile_batch})  # invalid settings: refused before any model is loaded
         pre = None
         if presegmenter is not None:
             # as predict_folder pre-segments: every fold, the same checkpoint name and sliding window step,
             # the plans' tile batch
             pre = cls.from_model_folder(presegmenter, None, device, checkpoint_name, use_mirroring, tile_step_size)
-        loaded = dict(diffusion)
-        if case_scores and is_diffusion_model(folder):
-            loaded["keep_samples"] = True
+        loaded = sampling.replace(keep_samples=True) if case_scores and is_diffusion_model(folder) else sampling
         predictor = load_predictor(folder, folds, checkpoint_name, device, use_mirroring, tile_step_size, loaded)
         folder_options = {"folds": folds, "checkpoint_name": checkpoint_name, "device": device,
                           "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-                          "diffusion_options": {**diffusion, "presegmenter": presegmenter},
+                          "diffusion_options": sampling.replace(presegmenter=presegmenter),
                           "case_scores": case_scores}
         return cls(predictor, folder, pre, folder_options)
 

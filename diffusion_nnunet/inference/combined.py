@@ -30,6 +30,7 @@ from diffusion_nnunet.inference.predictor import (
     predict_folder,
     prediction_arguments,
 )
+from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.utils.atomic import atomic_path, write_json
 from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.validate import validate_prediction_inputs
@@ -88,20 +89,22 @@ def predict_with_ensemble(nnunet_model: str | Path, diffusion_model: str | Path,
     if num_samples is None and not use_mirroring:
         num_samples = proposed_num_samples(diffusion_model)
     folders = {"nnunet": out / "nnunet", "pd_ddpm": out / "pd_ddpm", "ensemble": out / "ensemble"}
-    diffusion_options = {"presegmentation": folders["nnunet"], "start_step": start_step, "num_samples": num_samples,
-                         "seed": seed, "tile_batch": tile_batch, "sample_mirroring": sample_mirroring}
+    sampling = SamplingConfig.from_options({
+        "presegmentation": folders["nnunet"], "start_step": start_step, "num_samples": num_samples, "seed": seed,
+        "tile_batch": tile_batch, "sample_mirroring": sample_mirroring})
+    nnunet_sampling = SamplingConfig(tile_batch=tile_batch)
     if in_memory and model_previous_stage(nnunet_model) is not None:
         in_memory = False  # a cascade runs its chain through predict_folder (the same files)
     if in_memory:
         _predict_in_memory(nnunet_model, diffusion_model, Path(input_dir), folders, nnunet_folds, diffusion_folds,
-                           diffusion_options, ensemble_weights(weights), device, use_mirroring)
+                           sampling, ensemble_weights(weights), device, use_mirroring)
         return folders
     logger.info("[1/3] nnU-Net prediction")
     predict_folder(nnunet_model, input_dir, folders["nnunet"], nnunet_folds, device=device, save_probabilities=True,
-                   use_mirroring=use_mirroring, diffusion_options={"tile_batch": tile_batch})
+                   use_mirroring=use_mirroring, diffusion_options=nnunet_sampling)
     logger.info("[2/3] PD-DDPM from the nnU-Net prediction")
     predict_folder(diffusion_model, input_dir, folders["pd_ddpm"], diffusion_folds, device=device,
-                   save_probabilities=True, use_mirroring=use_mirroring, diffusion_options=diffusion_options)
+                   save_probabilities=True, use_mirroring=use_mirroring, diffusion_options=sampling)
     logger.info("[3/3] ensemble")
     ensemble_folders([folders["pd_ddpm"], folders["nnunet"]], folders["ensemble"], weights, save_probabilities=True)
     return folders
@@ -126,12 +129,12 @@ def same_preprocessing(a: DnnPredictor, b: DnnPredictor) -> bool:
 
 
 def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: dict[str, Path], nnunet_folds,
-                       diffusion_folds, diffusion_options: dict, weights: np.ndarray, device: torch.device,
+                       diffusion_folds, sampling: SamplingConfig, weights: np.ndarray, device: torch.device,
                        use_mirroring: bool) -> None:
     nnunet = load_predictor(nnunet_model, nnunet_folds, device=device, use_mirroring=use_mirroring,
-                            diffusion_options={"tile_batch": diffusion_options["tile_batch"]})
+                            diffusion_options=SamplingConfig(tile_batch=sampling.tile_batch))
     diffusion = load_predictor(diffusion_model, diffusion_folds, device=device, use_mirroring=use_mirroring,
-                               diffusion_options=diffusion_options)
+                               diffusion_options=sampling)
     if nnunet.dataset_json["labels"] != diffusion.dataset_json["labels"]:
         raise UserInputError(f"the models' labels differ: {nnunet.dataset_json['labels']} ({nnunet_model}) and "
                              f"{diffusion.dataset_json['labels']} ({diffusion_model})")
@@ -143,7 +146,7 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
     shared = same_preprocessing(nnunet, diffusion)
     with contextlib.ExitStack() as claims:  # each folder replaced whole, as the disk path's three runs do
         for name, settings in _run_settings(input_dir, folders, nnunet_model, diffusion_model, nnunet_folds,
-                                            diffusion_folds, diffusion_options, use_mirroring, weights).items():
+                                            diffusion_folds, sampling, use_mirroring, weights).items():
             claims.enter_context(claim_output_folder(folders[name], settings, overwrite=True))
         for name, predictor in (("nnunet", nnunet), ("pd_ddpm", diffusion)):
             write_json(predictor.dataset_json, folders[name] / "dataset.json")
@@ -153,14 +156,14 @@ def _predict_in_memory(nnunet_model, diffusion_model, input_dir: Path, folders: 
 
 
 def _run_settings(input_dir: Path, folders: dict[str, Path], nnunet_model, diffusion_model, nnunet_folds,
-                  diffusion_folds, diffusion_options: dict, use_mirroring: bool, weights: np.ndarray) -> dict:
+                  diffusion_folds, sampling: SamplingConfig, use_mirroring: bool, weights: np.ndarray) -> dict:
     """The predict_args.json of each folder, as the disk path's predict_folder / ensemble_folders write them."""
-    def run(model, folds, options: dict) -> dict:  # predict_folder's defaults: final checkpoint, step 0.5
+    def run(model, folds, options: SamplingConfig) -> dict:  # predict_folder's defaults: final checkpoint, step 0.5
         return prediction_settings(input_dir, True, prediction_arguments(model, folds, "checkpoint_final.pth",
                                                                          use_mirroring, 0.5, options))
 
-    return {"nnunet": run(nnunet_model, nnunet_folds, {"tile_batch": diffusion_options["tile_batch"]}),
-            "pd_ddpm": run(diffusion_model, diffusion_folds, diffusion_options),
+    return {"nnunet": run(nnunet_model, nnunet_folds, SamplingConfig(tile_batch=sampling.tile_batch)),
+            "pd_ddpm": run(diffusion_model, diffusion_folds, sampling),
             "ensemble": {"ensemble_of": [str(folders[n].absolute()) for n in ("pd_ddpm", "nnunet")],
                          "weights": [float(x) for x in weights], "save_probabilities": True}}
 

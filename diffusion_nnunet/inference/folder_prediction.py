@@ -14,6 +14,7 @@ import torch
 
 from diffusion_nnunet.inference.predictor import predict_folder
 from diffusion_nnunet.inference.review_list import finish_prediction, is_diffusion_model
+from diffusion_nnunet.inference.sampling_config import SamplingConfig
 
 
 @dataclass
@@ -53,14 +54,14 @@ def predict_and_review(model_dir: str | Path, input_dir: str | Path, output_dir:
     Raises:
         UserInputError: as `predict_folder` (inputs, checkpoints, output folder state).
     """
-    options = dict(diffusion_options or {})
+    sampling = SamplingConfig.from_options(diffusion_options)
     if overview:
         images = Path(input_dir)
-        options["overview_png_for"] = lambda case: next(images.glob(f"{case}_0000.*"))
+        sampling = sampling.replace(overview_png_for=lambda case: next(images.glob(f"{case}_0000.*")))
     if case_scores and is_diffusion_model(model_dir):
-        options["keep_samples"] = True
+        sampling = sampling.replace(keep_samples=True)
     cases = predict_folder(model_dir, input_dir, output_dir, folds, checkpoint_name, device, save_probabilities,
-                           use_mirroring, tile_step_size, overwrite, options, continue_prediction=continue_prediction,
+                           use_mirroring, tile_step_size, overwrite, sampling, continue_prediction=continue_prediction,
                            previous_stage_predictions=previous_stage_predictions)
     review = finish_prediction(input_dir, output_dir, model_dir, overview)
     return FolderPrediction(Path(output_dir), cases, review)

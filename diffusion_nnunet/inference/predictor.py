@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from diffusion_nnunet.inference.output_folder import (
     prediction_settings,
     refuse_output_inside_input,
 )
+from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.config import TrainingConfig
@@ -216,22 +218,25 @@ def export_prediction_from_logits(logits, properties: dict, configuration_manage
 
 def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
                    device: torch.device = torch.device("cpu"), use_mirroring: bool = True,
-                   tile_step_size: float = 0.5, diffusion_options: dict | None = None) -> DnnPredictor:
+                   tile_step_size: float = 0.5,
+                   diffusion_options: SamplingConfig | Mapping | None = None) -> DnnPredictor:
     """The predictor a model folder needs (diffusion models sample), initialised from its checkpoints.
 
     Args:
-        diffusion_options: DiffusionPredictor's arguments (sampler, num_steps, num_samples, seed,
-            save_every_step, presegmentation, start_step, soft_start, sample_mirroring, keep_samples);
-            diffusion models only. Its "tile_batch" (tiles per forward pass, every model; None: the
-            plans' batch size) is taken out first.
+        diffusion_options: the sampling settings (`SamplingConfig`, or a dict of its field names);
+            diffusion models only, except `tile_batch` (every model). `presegmenter` is
+            `predict_folder`'s business and ignored here.
+
+    Raises:
+        UserInputError: no checkpoint, an unknown trainer, invalid sampling options.
     """
     first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
     if first is None:
         raise UserInputError(f"no fold_*/{checkpoint_name} in {model_dir}: is this a trained nnU-Net model folder?")
     trainer_class = trainer_class_for(read_checkpoint(first)["trainer_name"])
     predictor_class = trainer_class.predictor_class() if issubclass(trainer_class, DnnTrainer) else DnnPredictor
-    options = {k: v for k, v in (diffusion_options or {}).items() if v is not None}
-    tile_batch = options.pop("tile_batch", None)
+    sampling = SamplingConfig.from_options(diffusion_options)
+    options = sampling.predictor_arguments()
     if options and predictor_class is DnnPredictor:
         logger.warning("%s is not a diffusion model: ignoring %s", model_dir, sorted(options))
         options = {}
@@ -239,25 +244,23 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
         predictor = predictor_class(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False,
-                                    tile_batch=tile_batch, **options)
+                                    tile_batch=sampling.tile_batch, **options)
         predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint_name)
     return predictor
 
 
 def prediction_arguments(model_dir, folds, checkpoint_name: str, use_mirroring: bool, tile_step_size: float,
-                         diffusion_options: dict) -> dict:
-    """What a prediction folder's predict_args.json records of the model and its settings (JSON values;
-    a callable, e.g. the overview's image lookup, as true: its text would differ in every run)."""
+                         sampling: SamplingConfig | Mapping | None) -> dict:
+    """What a prediction folder's predict_args.json records of the model and its settings (JSON values)."""
     return {"model": str(Path(model_dir).absolute()), "folds": folds, "checkpoint": checkpoint_name,
             "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
-            "diffusion": {k: v if isinstance(v, (int, float, str, bool)) else True if callable(v) else str(v)
-                          for k, v in diffusion_options.items() if v is not None}}
+            "diffusion": SamplingConfig.from_options(sampling).recorded()}
 
 
 def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,
                    checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
                    save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
-                   overwrite: bool = True, diffusion_options: dict | None = None,
+                   overwrite: bool = True, diffusion_options: SamplingConfig | Mapping | None = None,
                    continue_prediction: bool = False, previous_stage_predictions=None) -> list[str]:
     """Predict every case of `input_dir` (nnU-Net naming: CASE_0000.nii.gz ...) into `output_dir`.
 
@@ -272,9 +275,9 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
         use_mirroring: test-time mirroring as nnU-Net does.
         tile_step_size: sliding-window step as a fraction of the patch.
         overwrite: replace an output folder that holds results whole (see `output_folder`).
-        diffusion_options: sampler settings for diffusion models (see `load_predictor`); with
-            `presegmenter` (a model folder), that model predicts first, into OUT/presegmentation,
-            and its probabilities start PD-DDPM.
+        diffusion_options: the sampling settings (`SamplingConfig` or a dict of its field names;
+            see `load_predictor`); with `presegmenter` (a model folder), that model predicts
+            first, into OUT/presegmentation, and its probabilities start PD-DDPM.
         continue_prediction: keep the cases of an output folder predicted with the same settings
             and predict the others. Without it or `overwrite`, a folder with results is refused.
         previous_stage_predictions: for a cascade stage (3d_cascade_fullres), the folder of the
@@ -284,20 +287,19 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
     Returns:
         The case identifiers written.
     """
-    diffusion_options = dict(diffusion_options or {})
+    sampling = SamplingConfig.from_options(diffusion_options)  # invalid options: refused before any work
     previous = cascade.model_previous_stage(model_dir)
     if previous is not None and previous_stage_predictions is None:
         return _predict_chain(model_dir, previous, input_dir, output_dir, folds, checkpoint_name, device,
-                              save_probabilities, use_mirroring, tile_step_size, overwrite, diffusion_options,
+                              save_probabilities, use_mirroring, tile_step_size, overwrite, sampling,
                               continue_prediction)
-    presegmenter = diffusion_options.pop("presegmenter", None)
-    arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size,
-                                     diffusion_options)
+    presegmenter, sampling = sampling.presegmenter, sampling.replace(presegmenter=None)
+    arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size, sampling)
     if previous_stage_predictions is not None:
         arguments["previous_stage_predictions"] = str(Path(previous_stage_predictions).absolute())
     if presegmenter is None:
         predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
-                                   diffusion_options)
+                                   sampling)
         predictor.previous_stage_predictions = None if previous_stage_predictions is None else Path(
             previous_stage_predictions)
         return run_prediction(predictor, input_dir, output_dir, save_probabilities, overwrite, arguments,
@@ -312,9 +314,8 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
         logger.info("pre-segmenting with %s into %s", presegmenter, pre_dir)
         predict_folder(presegmenter, input_dir, pre_dir, None, checkpoint_name, device, True, use_mirroring,
                        tile_step_size, overwrite, continue_prediction=continue_prediction)
-        diffusion_options["presegmentation"] = pre_dir
         predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
-                                   diffusion_options)
+                                   sampling.replace(presegmentation=pre_dir))
         predictor.previous_stage_predictions = None if previous_stage_predictions is None else Path(
             previous_stage_predictions)
         return run_prediction(predictor, input_dir, output_dir, save_probabilities, False, arguments, True)
@@ -322,26 +323,25 @@ def predict_folder(model_dir: str | Path, input_dir: str | Path, output_dir: str
 
 def _predict_chain(model_dir, previous: str, input_dir, output_dir, folds, checkpoint_name: str, device,
                    save_probabilities: bool, use_mirroring: bool, tile_step_size: float, overwrite: bool,
-                   diffusion_options: dict, continue_prediction: bool) -> list[str]:
+                   sampling: SamplingConfig, continue_prediction: bool) -> list[str]:
     """nnU-Net's cascade in one call: the previous stage into OUT/<previous>, then this stage from it.
     OUT is claimed first, so that --overwrite replaces OUT/<previous> with the rest and a refusal
     comes before any compute."""
-    if diffusion_options.get("presegmenter") is not None:
+    if sampling.presegmenter is not None:
         raise UserInputError(f"{Path(model_dir).name} is a cascade stage: PD-DDPM takes a cascade's prediction by "
                              f"giving the cascade model as --presegmenter of a diffusion model, not the other way")
     first = cascade.previous_stage_model(model_dir, previous, folds, checkpoint_name)
     previous_dir = Path(output_dir) / previous
-    arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size,
-                                     diffusion_options)
+    arguments = prediction_arguments(model_dir, folds, checkpoint_name, use_mirroring, tile_step_size, sampling)
     arguments["previous_stage"] = {"model": str(first.absolute()), "predictions": str(previous_dir.absolute())}
     settings = prediction_settings(input_dir, save_probabilities, arguments)
     with claim_output_folder(output_dir, settings, overwrite, continue_prediction):
         logger.info("cascade: %s predicts into %s first", first.name, previous_dir)
         predict_folder(first, input_dir, previous_dir, folds, checkpoint_name, device, False, use_mirroring,
-                       tile_step_size, overwrite, {"tile_batch": diffusion_options.get("tile_batch")},
+                       tile_step_size, overwrite, SamplingConfig(tile_batch=sampling.tile_batch),
                        continue_prediction)
         predictor = load_predictor(model_dir, folds, checkpoint_name, device, use_mirroring, tile_step_size,
-                                   diffusion_options)
+                                   sampling)
         predictor.previous_stage_predictions = previous_dir
         return run_prediction(predictor, input_dir, output_dir, save_probabilities, False, arguments, True)
 

@@ -9,11 +9,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from diffusion_nnunet.diffusion.sampling import SAMPLERS
 from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.utils.atomic import write_json
 
 STRATEGIES = ("standard", "self_condition", "recycle_next", "recycle")
-SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclass

@@ -13,7 +13,7 @@ def test_predict_passes_tile_batch_and_sample_mirroring(monkeypatch, tmp_path):
     monkeypatch.setattr(folder_prediction, "predict_folder", lambda *args, **kwargs: seen.update(options=args[10]))
     assert main(["predict", "-i", str(tmp_path / "images"), "-o", str(tmp_path / "o"), "-m", str(tmp_path),
                  "--tile-batch", "3", "--sample-mirroring", "product"]) == 0
-    assert seen["options"]["tile_batch"] == 3 and seen["options"]["sample_mirroring"] == "product"
+    assert seen["options"].tile_batch == 3 and seen["options"].sample_mirroring == "product"
 
 
 def test_predict_ensemble_passes_tile_batch_and_sample_mirroring(monkeypatch, tmp_path):
