@@ -147,5 +147,8 @@ def preprocessed_plans_file(dataset_name: str, plans_name: str) -> Path:
     """Path of a plans file, with a clear error if plan-and-preprocess has not run."""
     f = paths.preprocessed() / dataset_name / f"{plans_name}.json"
     if not f.is_file():
-        raise UserInputError(f"{f} does not exist: run `dnnunet plan-and-preprocess -d {dataset_name}` first")
+        # other planners' plans (-pl ResEncM ...) have other names: name them, so -p is an easy fix
+        others = sorted(g.stem for g in f.parent.glob("*Plans*.json")) if f.parent.is_dir() else []
+        hint = f"; this dataset has plans {', '.join(others)} (give one with -p)" if others else ""
+        raise UserInputError(f"{f} does not exist: run `dnnunet plan-and-preprocess -d {dataset_name}` first{hint}")
     return f

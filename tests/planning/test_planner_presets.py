@@ -123,6 +123,19 @@ def test_cost_model_counts_the_networks_convolutions(cls):
     assert unet_forward_flops(patch, kw, 2, 3) == pytest.approx(_measured_conv_flops(net, patch, 2), rel=1e-9)
 
 
+def test_missing_plans_name_the_plans_there_are(nnunet_dirs):
+    from planning.pipeline import preprocessed_plans_file
+
+    folder = nnunet_dirs["nnUNet_preprocessed"] / "Dataset914_X"
+    folder.mkdir()
+    (folder / "nnUNetResEncUNetMPlans_cpu-small.json").write_text("{}")
+    (folder / "dataset_fingerprint.json").write_text("{}")
+    with pytest.raises(UserInputError, match=r"dnnunetPlans.json does not exist.*has plans "
+                                             r"nnUNetResEncUNetMPlans_cpu-small \(give one with -p\)"):
+        preprocessed_plans_file("Dataset914_X", "dnnunetPlans")
+    assert preprocessed_plans_file("Dataset914_X", "nnUNetResEncUNetMPlans_cpu-small").is_file()
+
+
 def _measured_conv_flops(net: torch.nn.Module, patch, in_channels: int) -> float:
     """2 * multiply-adds of every convolution, measured with forward hooks on the real network."""
     total = [0.0]
