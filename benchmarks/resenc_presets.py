@@ -8,7 +8,8 @@ budget, every planner x trainer pair ("method") in one run:
 1. plan and preprocess with each planner (`-pl`), record patch, batch, topology, estimate, epochs;
 2. seconds per iteration: the methods alternated, `--rounds` rounds of one epoch of
    `--iterations` training iterations each, on fold 1 (kept apart from the models), so that
-   background load hits all of them alike; the median per method;
+   background load hits all of them alike; the median per method (`--more-timing-rounds N`
+   adds rounds later, nothing else);
 3. train each method on fold 0 with its plan's schedule (planner order alternated), unless the
    plans' epochs at the measured speed exceed `--max-train-minutes` in total: then every plan's
    epochs are scaled by one factor (recorded), so the planners keep their relative budgets;
@@ -83,9 +84,10 @@ def run(planners: list[str], trainers: list[str], args, out_file: Path, work: Pa
 
     # 2. seconds per iteration, methods alternated
     timing = results.setdefault("seconds_per_iteration", {})
-    if not timing.get("done"):
-        times: dict[str, list[float]] = {f"{p}/{t}": [] for p, t in methods}
-        for _ in range(args.rounds):
+    rounds = args.more_timing_rounds or (0 if timing.get("done") else args.rounds)
+    if rounds:
+        times: dict[str, list[float]] = timing.get("per_round") or {f"{p}/{t}": [] for p, t in methods}
+        for _ in range(rounds):
             for p, t in methods:
                 folder = train_fold(raw.name, CONFIGURATION, 1, t, plans_names[p], config_overrides={
                     "num_epochs": 1, "num_iterations_per_epoch": args.iterations, "num_val_iterations_per_epoch": 1,
@@ -93,10 +95,13 @@ def run(planners: list[str], trainers: list[str], args, out_file: Path, work: Pa
                 stats = json.loads((folder / "training_stats.json").read_text())
                 times[f"{p}/{t}"] += stats["seconds_per_iteration_per_epoch"]
                 logger.info("timing %s/%s: %s s/iteration", p, t, stats["seconds_per_iteration_per_epoch"])
-        timing.update({"rounds": args.rounds, "iterations_per_round": args.iterations, "fold": 1,
-                       "per_round": times, "median": {k: round(float(np.median(v)), 4) for k, v in times.items()},
-                       "done": True})
-        _save(results, out_file)
+            timing.update({"rounds": len(next(iter(times.values()))), "iterations_per_round": args.iterations,
+                           "fold": 1, "per_round": times,
+                           "median": {k: round(float(np.median(v)), 4) for k, v in times.items()},
+                           "done": True})
+            _save(results, out_file)
+    if args.more_timing_rounds:  # a later session of timing only: the schedule and the models stay as they are
+        return results
 
     # 3. schedule: the plans' epochs, scaled by one factor if they would take longer than allowed
     planned = {f"{p}/{t}": results["plans"][p]["planned_epochs"] for p, t in methods}
@@ -166,6 +171,8 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", default=["baseline", "recycle"])
     parser.add_argument("--rounds", type=int, default=2, help="alternated timing rounds")
     parser.add_argument("--iterations", type=int, default=20, help="training iterations per timing round")
+    parser.add_argument("--more-timing-rounds", type=int, default=0,
+                        help="only add this many alternated timing rounds to --out (after the run)")
     parser.add_argument("--max-train-minutes", type=float, default=40.0)
     parser.add_argument("--out", default="docs/benchmark_resenc.json")
     parser.add_argument("--work", default="benchmark_work", help="data and predictions (DNNUNET_DATA inside)")
