@@ -3,7 +3,7 @@
 Usage: python benchmarks/resenc_presets.py [--planners default ResEncM] [--trainers baseline recycle]
                                            [--max-train-minutes 40] [--out docs/benchmark_resenc.json]
 
-On synthetic-ct3d (generated with seed 0: 20 training, 6 test cases), 3d_fullres, the cpu-small
+On synthetic-ct3d (generated with --seed, default 0: 20 training, 6 test cases), 3d_fullres, the cpu-small
 budget, every planner x trainer pair ("method") in one run:
 1. plan and preprocess with each planner (`-pl`), record patch, batch, topology, estimate, epochs;
 2. seconds per iteration: the methods alternated, `--rounds` rounds of one epoch of
