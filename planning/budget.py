@@ -30,7 +30,9 @@ class ComputeBudget:
 
     Args:
         name: preset name recorded in the plans.
-        gpu_memory_gb: nnU-Net's VRAM target (patch/batch are first sized for it, as nnU-Net does).
+        gpu_memory_gb: nnU-Net's VRAM target (patch/batch are first sized for it, as nnU-Net does);
+            None = the planner's own target (8 GB for nnU-Net's default planner and ResEncM, 24 for
+            ResEncL, 40 for ResEncXL).
         base_features: features of the first stage (nnU-Net: 32), doubled per stage.
         max_features_2d: cap on features per stage for 2D networks (nnU-Net: 512).
         max_features_3d: cap on features per stage for 3D networks (nnU-Net: 320).
@@ -51,7 +53,7 @@ class ComputeBudget:
     """
 
     name: str
-    gpu_memory_gb: float = 8.0
+    gpu_memory_gb: float | None = None
     base_features: int = 32
     max_features_2d: int = 512
     max_features_3d: int = 320
@@ -73,11 +75,12 @@ class ComputeBudget:
 
 
 PRESETS: dict[str, ComputeBudget] = {
-    # nnU-Net's own defaults: what a GPU user expects.
+    # nnU-Net's own defaults: what a GPU user expects (each planner's own memory target).
     "gpu": ComputeBudget(name="gpu"),
     # A few minutes of training on a 2-core laptop: narrow network, small batches, short schedule.
     "cpu-small": ComputeBudget(
         name="cpu-small",
+        gpu_memory_gb=8.0,  # the first sizing step, as nnU-Net's default; the time target then decides
         base_features=16,
         max_features_2d=128,
         max_features_3d=128,
@@ -91,6 +94,7 @@ PRESETS: dict[str, ComputeBudget] = {
     # Tests and smoke runs: seconds, not minutes.
     "cpu-tiny": ComputeBudget(
         name="cpu-tiny",
+        gpu_memory_gb=8.0,
         base_features=8,
         max_features_2d=32,
         max_features_3d=32,
@@ -104,6 +108,11 @@ PRESETS: dict[str, ComputeBudget] = {
         sampling_seconds_per_patch=0.01,
     ),
 }
+
+
+def budget_is_nnunet_default(budget: ComputeBudget) -> bool:
+    """True when the budget is the `gpu` preset in all but its name: plans stay nnU-Net's own."""
+    return replace(budget, name="gpu") == PRESETS["gpu"]
 
 
 def get_budget(name: str | None = None, seconds_per_iteration: float | None = None) -> ComputeBudget:
@@ -130,25 +139,28 @@ def get_budget(name: str | None = None, seconds_per_iteration: float | None = No
 
 
 def unet_forward_flops(patch_size: Sequence[int], arch_kwargs: dict, in_channels: int, out_channels: int) -> float:
-    """Floating-point operations of one forward pass of nnU-Net's PlainConvUNet for one sample.
+    """Floating-point operations of one forward pass of an nnU-Net U-Net for one sample.
 
     Counts every convolution (encoder, transposed-convolution upsampling, decoder, 1x1 head) as
-    2 * voxels_out * c_in * c_out * prod(kernel); normalisation and activations are ignored.
+    2 * voxels_out * c_in * c_out * prod(kernel); normalisation, activations and pooling are ignored.
+    Both nnU-Net architectures are counted: PlainConvUNet (`n_conv_per_stage` convolutions per
+    encoder stage) and ResidualEncoderUNet of the ResEnc presets (`n_blocks_per_stage` residual
+    blocks of two convolutions, a stem convolution before the first stage, and a 1x1 projection on
+    the skip of a block that changes the width); their decoders are the same.
 
     Args:
         patch_size: spatial patch size.
         arch_kwargs: the plans' `architecture.arch_kwargs` (n_stages, features_per_stage, kernel_sizes,
-            strides, n_conv_per_stage, n_conv_per_stage_decoder).
+            strides, n_conv_per_stage or n_blocks_per_stage, n_conv_per_stage_decoder).
         in_channels: input channels of the network.
         out_channels: segmentation heads.
     """
     features = list(arch_kwargs["features_per_stage"])
     kernels = arch_kwargs["kernel_sizes"]
     strides = arch_kwargs["strides"]
-    n_conv = arch_kwargs["n_conv_per_stage"]
-    n_conv_dec = arch_kwargs["n_conv_per_stage_decoder"]
-    n_conv = [n_conv] * len(features) if isinstance(n_conv, int) else list(n_conv)
-    n_conv_dec = [n_conv_dec] * (len(features) - 1) if isinstance(n_conv_dec, int) else list(n_conv_dec)
+    residual = "n_blocks_per_stage" in arch_kwargs
+    n_enc = _per_stage(arch_kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"], len(features))
+    n_conv_dec = _per_stage(arch_kwargs["n_conv_per_stage_decoder"], len(features) - 1)
 
     shape = np.array(patch_size, dtype=np.float64)
     voxels = []
@@ -158,10 +170,21 @@ def unet_forward_flops(patch_size: Sequence[int], arch_kwargs: dict, in_channels
 
     flops = 0.0
     c_in = in_channels
+    if residual:  # stem: one convolution at the input resolution to the first stage's width
+        flops += 2 * float(np.prod(patch_size)) * c_in * features[0] * float(np.prod(kernels[0]))
+        c_in = features[0]
     for stage, c_out in enumerate(features):
         taps = float(np.prod(kernels[stage]))
-        for i in range(n_conv[stage]):
-            flops += 2 * voxels[stage] * (c_in if i == 0 else c_out) * c_out * taps
+        v = voxels[stage]
+        if residual:
+            for block in range(n_enc[stage]):
+                first_in = c_in if block == 0 else c_out
+                flops += 2 * v * first_in * c_out * taps + 2 * v * c_out * c_out * taps
+                if first_in != c_out:  # the skip's 1x1 projection
+                    flops += 2 * v * first_in * c_out
+        else:
+            for i in range(n_enc[stage]):
+                flops += 2 * v * (c_in if i == 0 else c_out) * c_out * taps
         c_in = c_out
     for stage in range(len(features) - 2, -1, -1):
         c_skip, c_below = features[stage], features[stage + 1]
@@ -172,6 +195,11 @@ def unet_forward_flops(patch_size: Sequence[int], arch_kwargs: dict, in_channels
             flops += 2 * voxels[stage] * (2 * c_skip if i == 0 else c_skip) * c_skip * taps
     flops += 2 * voxels[0] * features[0] * out_channels
     return flops
+
+
+def _per_stage(value, n: int) -> list[int]:
+    """nnU-Net's per-stage counts may be one int for all stages."""
+    return [value] * n if isinstance(value, int) else list(value)
 
 
 def estimate_seconds_per_iteration(

@@ -1,6 +1,7 @@
 """plan-and-preprocess: validate -> fingerprint -> plans (with budget) -> preprocessed data."""
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -15,7 +16,8 @@ from diffusion_nnunet.utils.quiet import nnunet_output_to_log
 from planning.budget import ComputeBudget
 from planning.fingerprint import extract_fingerprint
 from planning.plan_checks import refuse_untrainable_plans, warn_about_trained_models
-from planning.planner import DEFAULT_PLANS_NAME, BudgetedPlanner
+from planning.planner import budgeted
+from planning.planner_presets import DEFAULT_PLANNER, get_planner_preset, plans_name_for
 from planning.preprocessing_state import mark_complete, mark_incomplete
 from planning.unlabelled import extract_fingerprint_partial, find_unlabelled_cases, preprocess_partial
 from planning.validate import find_dataset_folder, validate_raw_dataset
@@ -23,8 +25,9 @@ from planning.validate import find_dataset_folder, validate_raw_dataset
 logger = logging.getLogger(__name__)
 
 
-class _AtomicPlanner(BudgetedPlanner):
-    """Writes the plans file atomically, keeping configurations planned earlier (as nnU-Net does).
+class _AtomicSave:
+    """Mixin before a budgeted planner: writes the plans file atomically, keeping configurations
+    planned earlier (as nnU-Net does).
 
     Before writing, the configurations to preprocess are checked to be trainable by nnU-Net's
     pipeline, and a warning names the trained models whose plans are rewritten.
@@ -48,9 +51,15 @@ class _AtomicPlanner(BudgetedPlanner):
         logger.info("Plans written to %s", plans_file)
 
 
+@functools.cache
+def _atomic_planner(planner_class: type) -> type:
+    """`_AtomicSave` over the budgeted nnunetv2 planner class."""
+    return type(f"_Atomic{planner_class.__name__}", (_AtomicSave, budgeted(planner_class)), {})
+
+
 def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: list[str] | None = None,
-                        plans_name: str = DEFAULT_PLANS_NAME, num_processes: int = 1, validate: bool = True,
-                        preprocess: bool = True) -> dict:
+                        plans_name: str | None = None, num_processes: int = 1, validate: bool = True,
+                        preprocess: bool = True, planner: str = DEFAULT_PLANNER) -> dict:
     """Run the first stage for one dataset and return the plans.
 
     Args:
@@ -58,11 +67,18 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         budget: compute budget for the planner.
         configurations: configurations to preprocess (default: all that were planned, except the
             cascade, which nnU-Net only needs on large 3D images).
-        plans_name: plans identifier.
+        plans_name: plans identifier; None: the planner preset's name for this budget
+            (`planning.planner_presets`: dnnunetPlans, nnUNetResEncUNetMPlans_cpu-small, ...).
         num_processes: worker processes for fingerprinting and preprocessing.
         validate: check the raw data first (recommended: stops before any compute on bad files).
         preprocess: also write the preprocessed data.
+        planner: a `-pl` preset name (`planning.planner_presets.PLANNERS`).
+
+    Raises:
+        UserInputError: unknown planner, bad processes count, bad raw data, unknown configurations.
     """
+    preset = get_planner_preset(planner)  # before any work: a typo fails at once
+    plans_name = plans_name or plans_name_for(preset, budget)
     if num_processes < 1:
         raise UserInputError(f"the number of processes must be at least 1, got {num_processes}")
     folder = find_dataset_folder(paths.raw(), dataset)
@@ -76,11 +92,12 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
         extract_fingerprint_partial(name, unlabelled, num_processes=num_processes)
     else:
         extract_fingerprint(name, num_processes=num_processes)
-    logger.info("Planning %s with the %s budget", name, budget.name)
-    planner = _AtomicPlanner(name, budget, plans_name=plans_name)
-    planner.required_configurations = configurations if preprocess else None
+    logger.info("Planning %s with the %s planner and the %s budget: plans %s", name, preset.name, budget.name,
+                plans_name)
+    nnunet_planner = _atomic_planner(preset.planner_class)(name, budget, plans_name=plans_name)
+    nnunet_planner.required_configurations = configurations if preprocess else None
     with nnunet_output_to_log(logger):
-        plans = planner.plan_experiment()
+        plans = nnunet_planner.plan_experiment()
     for cfg, plan in plans["configurations"].items():
         if "training_budget" in plan:
             tb = plan["training_budget"]
@@ -147,5 +164,8 @@ def preprocessed_plans_file(dataset_name: str, plans_name: str) -> Path:
     """Path of a plans file, with a clear error if plan-and-preprocess has not run."""
     f = paths.preprocessed() / dataset_name / f"{plans_name}.json"
     if not f.is_file():
-        raise UserInputError(f"{f} does not exist: run `dnnunet plan-and-preprocess -d {dataset_name}` first")
+        # other planners' plans (-pl ResEncM ...) have other names: name them, so -p is an easy fix
+        others = sorted(g.stem for g in f.parent.glob("*Plans*.json")) if f.parent.is_dir() else []
+        hint = f"; this dataset has plans {', '.join(others)} (give one with -p)" if others else ""
+        raise UserInputError(f"{f} does not exist: run `dnnunet plan-and-preprocess -d {dataset_name}` first{hint}")
     return f

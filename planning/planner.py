@@ -1,14 +1,30 @@
-"""Experiment planning: nnU-Net's planner plus a compute budget.
+"""Experiment planning: nnU-Net's planners plus a compute budget.
 
-`BudgetedPlanner` is an nnunetv2 `ExperimentPlanner` subclass. It first lets nnU-Net size patch,
-batch and topology for the GPU memory target, then (if the budget has a time target) trades batch
-size and patch size for time, and records in every configuration a `training_budget` section:
-the budget, the estimated seconds per iteration, epochs and iterations, and the reason for each
-choice. Plans stay valid nnU-Net plans: nnunetv2 ignores the extra keys.
+`BudgetMixin` goes in front of an nnunetv2 planner class (`budgeted(cls)` builds the class):
+nnU-Net's planner first sizes patch, batch and topology for the GPU memory target, then (if the
+budget has a time target) the mixin trades batch size and patch size for time, and records in
+every configuration a `training_budget` section (the budget, the estimated seconds per
+iteration, epochs and iterations, and the reason for each choice) and a `diffusion` section.
+Plans stay valid nnU-Net plans: nnunetv2 ignores the extra keys.
+
+`BudgetedPlanner` is the mixin over nnU-Net's default `ExperimentPlanner` (PlainConvUNet);
+`planning.planner_presets` maps `-pl` names to the residual-encoder presets (nnUNetPlannerResEncM/
+L/XL). What the budget overrides is the same for every planner:
+* features: the budget's base and maximum features replace the planner's (the ResEnc presets use
+  nnU-Net's default 32 / 320 / 512 too, so this is the budget's width, not a change of preset);
+  the ResEnc presets keep their own residual blocks per stage (1, 3, 4, 6, 6, ...) and VRAM
+  reference values;
+* memory target: the budget's `gpu_memory_gb` where the budget sets one (the CPU budgets: 8 GB,
+  the first sizing step before the time target); the `gpu` budget sets none, so each planner
+  keeps its own target (8 GB default and ResEncM, 24 GB ResEncL, 40 GB ResEncXL), as nnU-Net;
+* batch cap, time target (batch, then patch shrink), epochs from the training time, as documented
+  in `planning.budget`.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from copy import deepcopy
 
 import numpy as np
@@ -25,21 +41,32 @@ DEFAULT_PLANS_NAME = "dnnunetPlans"
 DEFAULT_TIMESTEPS = 5  # methods.md: T = 5 for training and sampling
 
 
-class BudgetedPlanner(ExperimentPlanner):
-    """nnU-Net's planner with a compute budget (see module docstring).
+class BudgetMixin:
+    """A compute budget on top of an nnunetv2 planner class (put it first in the bases; module docstring).
 
     Args:
         dataset_name_or_id: dataset id or DatasetXXX_Name.
         budget: the compute budget.
-        plans_name: plans identifier (file name of the plans in nnUNet_preprocessed).
+        plans_name: plans identifier (file name of the plans in nnUNet_preprocessed); None: the
+            class's `default_plans_name`, else the nnunetv2 class's own.
         forward_passes: forward passes per training iteration the budget must pay for
             (1 for nnU-Net; 2 for diffusion strategies with a no-gradient first pass).
+        kwargs: passed on to the nnunetv2 planner.
     """
 
-    def __init__(self, dataset_name_or_id, budget: ComputeBudget, plans_name: str = DEFAULT_PLANS_NAME,
+    default_plans_name: str | None = None
+
+    def __init__(self, dataset_name_or_id, budget: ComputeBudget, plans_name: str | None = None,
                  forward_passes: float = 1.0, **kwargs):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb=budget.gpu_memory_gb, plans_name=plans_name,
-                         **kwargs)
+        plans_name = plans_name or self.default_plans_name
+        if plans_name is not None:
+            kwargs["plans_name"] = plans_name
+        if budget.gpu_memory_gb is not None:
+            kwargs["gpu_memory_target_in_gb"] = budget.gpu_memory_gb
+        with warnings.catch_warnings():
+            # the ResEnc planners warn about a memory target other than their own: the budget's is deliberate
+            warnings.filterwarnings("ignore", message=".*non-standard gpu_memory_target_in_gb")
+            super().__init__(dataset_name_or_id, **kwargs)
         self.budget = budget
         self.forward_passes = forward_passes
         self.UNet_base_num_features = budget.base_features
@@ -61,8 +88,12 @@ class BudgetedPlanner(ExperimentPlanner):
         plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
                                                    approximate_n_voxels_dataset, _cache)
         reasons = {
-            "patch_size": "nnU-Net: largest patch within the GPU memory target, capped at the median image shape",
-            "batch_size": "nnU-Net: fills the GPU memory target, at most 5% of the dataset per batch",
+            "planner": f"nnunetv2 {self._nnunet_planner_name()} ({self.UNet_class.__name__}) with the "
+                       f"{self.budget.name} budget",
+            "patch_size": f"nnU-Net: largest patch within the {self.UNet_vram_target_GB:g} GB memory target, "
+                          "capped at the median image shape",
+            "batch_size": f"nnU-Net: fills the {self.UNet_vram_target_GB:g} GB memory target, at most "
+                          f"{100 * self.max_dataset_covered:g}% of the dataset per batch",
             "features_per_stage": f"base {self.budget.base_features}, doubling per stage, capped at "
                                   f"{self.UNet_max_features_2d if len(spacing) == 2 else self.UNet_max_features_3d}",
         }
@@ -74,6 +105,10 @@ class BudgetedPlanner(ExperimentPlanner):
         plan["training_budget"] = self._training_schedule(plan, reasons)
         plan["diffusion"] = self._diffusion_section(plan)
         return plan
+
+    def _nnunet_planner_name(self) -> str:
+        """The nnunetv2 class this planner extends (the first base that is not ours)."""
+        return next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("nnunetv2"))
 
     def _cost(self, plan: dict, forward_passes: float | None = None, extra_input_channels: int = 0) -> float:
         return estimate_seconds_per_iteration(
@@ -139,7 +174,7 @@ class BudgetedPlanner(ExperimentPlanner):
                                plan["data_identifier"], target, self._cost(plan))
                 break
         if list(plan["patch_size"]) != original_patch:
-            reasons["patch_size"] = (f"reduced from {original_patch} to meet {target:.3g} s/iteration; "
+            reasons["patch_size"] = (f"reduced from {[int(p) for p in original_patch]} to meet {target:.3g} s/iteration; "
                                      "the axis with the largest patch/image ratio shrinks first, as nnU-Net does")
 
     def _shrink_patch(self, plan: dict, spacing, median_shape) -> bool:
@@ -154,14 +189,18 @@ class BudgetedPlanner(ExperimentPlanner):
                                                               999999)
         num_stages = len(pools)
         max_features = self.UNet_max_features_2d if len(spacing) == 2 else self.UNet_max_features_3d
+        arch = plan["architecture"]["arch_kwargs"]
+        # PlainConvUNet counts convolutions per encoder stage, ResidualEncoderUNet residual blocks;
+        # nnU-Net's planners keep either in UNet_blocks_per_stage_encoder
+        encoder_key = "n_blocks_per_stage" if "n_blocks_per_stage" in arch else "n_conv_per_stage"
         plan["patch_size"] = tuple(int(p) for p in patch)
-        plan["architecture"]["arch_kwargs"].update({
+        arch.update({
             "n_stages": num_stages,
             "kernel_sizes": kernels,
             "strides": pools,
             "features_per_stage": tuple(min(max_features, self.UNet_base_num_features * 2 ** i)
                                         for i in range(num_stages)),
-            "n_conv_per_stage": self.UNet_blocks_per_stage_encoder[:num_stages],
+            encoder_key: self.UNet_blocks_per_stage_encoder[:num_stages],
             "n_conv_per_stage_decoder": self.UNet_blocks_per_stage_decoder[:num_stages - 1],
         })
         return True
@@ -187,3 +226,22 @@ class BudgetedPlanner(ExperimentPlanner):
             "num_val_iterations_per_epoch": b.val_iterations_per_epoch,
             "reasons": deepcopy(reasons),
         }
+
+
+class BudgetedPlanner(BudgetMixin, ExperimentPlanner):
+    """nnU-Net's default planner (PlainConvUNet) with a compute budget; plans `dnnunetPlans` by default."""
+
+    default_plans_name = DEFAULT_PLANS_NAME
+
+
+@functools.cache
+def budgeted(planner_class: type) -> type:
+    """The class `BudgetMixin` + an nnunetv2 planner class (BudgetedPlanner for ExperimentPlanner).
+
+    Args:
+        planner_class: an nnunetv2 `ExperimentPlanner` subclass, e.g. nnUNetPlannerResEncM.
+    """
+    if planner_class is ExperimentPlanner:
+        return BudgetedPlanner
+    return type(f"Budgeted{planner_class.__name__}", (BudgetMixin, planner_class),
+                {"__doc__": f"nnunetv2's {planner_class.__name__} with a compute budget.", "__module__": __name__})
