@@ -27,10 +27,10 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import atomic_path
-from diffusion_nnunet.utils.processes import pid_alive
+from dnnunet_core import paths
+from dnnunet_core.atomic import atomic_path
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 

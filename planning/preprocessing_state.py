@@ -22,9 +22,9 @@ import json
 import logging
 from pathlib import Path
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

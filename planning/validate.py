@@ -47,7 +47,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from diffusion_nnunet.cli.main import main
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.keep_classes import relabel_table, resolve_kept_classes
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 from planning.validate import validate_raw_dataset
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from dnnunet_core.errors import InvalidDataError, UserInputError
 from planning.validate import (
     ValidationReport,
     find_dataset_folder,

@@ -15,8 +15,8 @@ import torch
 
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.diffusion.label_space import LabelSpace
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
+from dnnunet_core.errors import UserInputError
 from planning.validate import validate_raw_dataset
 
 DATASET_ID = 561

@@ -155,8 +155,8 @@ def test_diffusion_head_trains_predicts_and_ensembles_in_region_space(plan_env, 
 
 @pytest.mark.slow
 def test_semi_supervised_trainers_refuse_regions(plan_env):
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.training.run import build_trainer
+    from dnnunet_core.errors import UserInputError
 
     for name in ("semi_teacher", "semi_cotrain"):
         with pytest.raises(UserInputError, match="region-based labels"):

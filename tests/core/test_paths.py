@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from diffusion_nnunet import paths
+from dnnunet_core import paths
 
 
 def test_defaults_fill_only_unset_variables(tmp_path, monkeypatch):
