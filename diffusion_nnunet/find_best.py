@@ -34,8 +34,8 @@ from diffusion_nnunet.inference.predictor import model_folder, predict_folder
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json, write_text
 from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
 from planning.planner import DEFAULT_PLANS_NAME, DEFAULT_TIMESTEPS
-from planning.validate import find_dataset_folder
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ def model_folders_for(dataset: str, trainer: str, plans_name: str, configuration
     """
     from diffusion_nnunet.inference.predictor import model_folder
     from diffusion_nnunet.training import registry
-    from planning.validate import find_dataset_folder
+    from dnnunet_core.paths import find_dataset_folder
 
     if configurations:
         return [model_folder(dataset, trainer, c, plans_name) for c in configurations]

@@ -23,7 +23,7 @@ from diffusion_nnunet.inference.review_list import is_diffusion_model, read_case
 from diffusion_nnunet.review_flag import fit_review_flag, write_review_flag
 from dnnunet_core import paths
 from dnnunet_core.errors import UserInputError
-from planning.validate import find_dataset_folder
+from dnnunet_core.paths import find_dataset_folder
 
 logger = logging.getLogger(__name__)
 

@@ -11,14 +11,15 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
 from dnnunet_core.quiet import nnunet_output_to_log
 from planning.budget import ComputeBudget
+from planning.checks import validate_raw_dataset
 from planning.fingerprint import extract_fingerprint
 from planning.plan_checks import refuse_untrainable_plans, warn_about_trained_models
 from planning.planner import DEFAULT_PLANS_NAME, BudgetedPlanner
 from planning.preprocessing_state import mark_complete, mark_incomplete
 from planning.unlabelled import extract_fingerprint_partial, find_unlabelled_cases, preprocess_partial
-from planning.validate import find_dataset_folder, validate_raw_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.inference.cascade import model_previous_stage
+from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
 from diffusion_nnunet.inference.output_folder import claim_output_folder, prediction_settings
 from diffusion_nnunet.inference.predictor import (
     DnnPredictor,
@@ -33,7 +34,6 @@ from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.quiet import nnunet_output_to_log
-from planning.validate import validate_prediction_inputs
 
 logger = logging.getLogger(__name__)
 

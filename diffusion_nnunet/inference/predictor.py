@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from diffusion_nnunet.inference import cascade
 from diffusion_nnunet.inference.checkpoint_io import load_weights, read_checkpoint
+from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
 from diffusion_nnunet.inference.output_folder import (
     claim_output_folder,
     finished_cases,
@@ -41,9 +42,9 @@ from diffusion_nnunet.training.config import TrainingConfig
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
 from dnnunet_core.quiet import nnunet_output_to_log
 from planning.planner import DEFAULT_PLANS_NAME
-from planning.validate import find_dataset_folder, validate_prediction_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.partial_labels import choose_labelled, num_labelled
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.partial_labels import find_unlabelled_cases
-from planning.validate import validate_raw_dataset
+from planning.checks import validate_raw_dataset
 
 
 def _ids(folder, sub):

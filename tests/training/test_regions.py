@@ -15,7 +15,7 @@ import torch
 
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.synthetic_brats2d import MIN_REGION_PIXELS
-from planning.validate import validate_raw_dataset
+from planning.checks import validate_raw_dataset
 
 DATASET_ID = 564
 SHORT = ["-device", "cpu", "--seed", "0", "--iterations", "2", "--val-iterations", "1"]
