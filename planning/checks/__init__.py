@@ -10,7 +10,7 @@ voxel reads), `geometry`, `cases` (per-case content checks), `labels` (label vox
 (`validate_raw_dataset`).
 
 What is checked (see `validate_raw_dataset`; the predict-time checks, which share the file
-and geometry checks, are ``diffusion_nnunet.inference.input_checks``):
+and geometry checks, live with inference, in ``inference/input_checks.py``):
 
 * ``dataset.json``: present, valid JSON (the line is named), required keys and their types,
   labels as nnU-Net v2 needs them (background 0, consecutive, ignore label, regions).
