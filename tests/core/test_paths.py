@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+
+import pytest
 
 from dnnunet_core import paths
 
@@ -19,3 +23,28 @@ def test_defaults_fill_only_unset_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
     paths.set_default_environment()
     assert os.environ["GOMP_SPINCOUNT"] == "300000"
+
+
+_SEEN_AT_TORCH_IMPORT = """
+import os, sys
+class Spy:  # records the environment when torch (which OpenMP reads GOMP_SPINCOUNT with) is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "seen" not in globals():
+            globals()["seen"] = (os.environ.get("GOMP_SPINCOUNT"), os.environ.get("nnUNet_raw"))
+sys.meta_path.insert(0, Spy())
+import {module}
+import torch  # noqa: F401  (modules that do not import torch themselves)
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("module", ["dnnunet_core", "planning.fingerprint", "planning.pipeline", "planning.checks",
+                                    "diffusion_nnunet.training.run"])
+def test_importing_any_top_package_sets_the_defaults_before_torch(module, tmp_path):
+    """planning's modules import nnunetv2 (so torch) first in their import lists: the package must set them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k not in ("DNNUNET_DATA",
+                                                                                             "GOMP_SPINCOUNT")}
+    env["DNNUNET_DATA"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _SEEN_AT_TORCH_IMPORT.format(module=module)], env=env,
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == repr(("1000", str(tmp_path / "nnUNet_raw")))
