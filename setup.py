@@ -6,7 +6,8 @@ setup(
     version="0.1.0",
     description="Self-configuring diffusion-based medical image segmentation on top of nnU-Net v2",
     python_requires=">=3.10",
-    packages=find_packages(include=["diffusion_nnunet", "diffusion_nnunet.*", "planning", "planning.*"]),
+    packages=find_packages(include=["dnnunet_core", "dnnunet_core.*", "diffusion_nnunet", "diffusion_nnunet.*",
+                                    "planning", "planning.*"]),
     package_data={"diffusion_nnunet": ["nnunet_ext/*.py"]},
     install_requires=[
         # nnunetv2's trainer/planner/predictor API changes between minor releases: pin the tested one.

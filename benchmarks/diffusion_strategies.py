@@ -35,11 +35,11 @@ def _dice_per_step(steps_dir: Path, labels_dir: Path, dataset_json: Path) -> lis
 def run(datasets, trainers, out_file: Path, work: Path, seed: int) -> dict:
     import torch
 
-    from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
     from diffusion_nnunet.evaluation import evaluate_folders
     from diffusion_nnunet.inference.predictor import model_folder, predict_folder
     from diffusion_nnunet.training.run import train_fold
+    from dnnunet_core import paths
     from planning.budget import get_budget
     from planning.pipeline import plan_and_preprocess
 

@@ -44,7 +44,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("diffusion_nnunet", "nnunetv2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from diffusion_nnunet import paths
+    from dnnunet_core import paths
 
     paths.set_default_environment()
     import torch

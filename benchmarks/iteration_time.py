@@ -31,10 +31,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import make_dataset
     from diffusion_nnunet.training.base import DnnTrainer
     from diffusion_nnunet.training.run import train_fold
+    from dnnunet_core import paths
     from planning.budget import get_budget
     from planning.pipeline import plan_and_preprocess
 

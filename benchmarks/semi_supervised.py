@@ -145,12 +145,12 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     commit = _commit()  # before the imports: the code this process runs, even if HEAD moves meanwhile
     import torch
 
-    from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import make_dataset
     from diffusion_nnunet.inference.predictor import model_folder
     from diffusion_nnunet.training.base import CROSS_VALIDATION_FOLDS
     from diffusion_nnunet.training.run import train_fold
-    from diffusion_nnunet.utils.atomic import write_json
+    from dnnunet_core import paths
+    from dnnunet_core.atomic import write_json
     from planning.budget import get_budget
     from planning.pipeline import plan_and_preprocess
 

@@ -196,7 +196,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from diffusion_nnunet.evaluation import to_jsonable
-    from diffusion_nnunet.utils.atomic import write_json
+    from dnnunet_core.atomic import write_json
 
     stored = json.loads(args.out.read_text()) if args.out.is_file() else {"datasets": []}
     if not args.report_only:

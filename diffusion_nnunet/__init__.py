@@ -1,10 +1,8 @@
 """diffusion-nnunet: diffusion segmentation heads and a CPU-aware pipeline on top of nnU-Net v2.
 
-Importing this package sets defaults for nnU-Net's folder variables (see `paths`) before
-nnunetv2 is imported anywhere, so that every command works without setup.
+Importing this package imports the core first (`dnnunet_core`), which sets defaults for
+nnU-Net's folder variables before nnunetv2 is imported anywhere.
 """
-from diffusion_nnunet import paths as _paths
-
-_paths.set_default_environment()
+import dnnunet_core  # noqa: F401  (sets nnU-Net's folder defaults before nnunetv2 is imported)
 
 __version__ = "0.1.0"

@@ -26,9 +26,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
 from diffusion_nnunet.evaluation import read_segmentation, to_jsonable
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from diffusion_nnunet import paths
 from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.evaluation import evaluate_folders, load_evaluation, write_evaluation
@@ -27,7 +26,8 @@ from diffusion_nnunet.inference.review_list import finish_prediction
 from diffusion_nnunet.reporting import overlay_cases_png, results_table_markdown, results_table_text
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.run import train_fold
-from diffusion_nnunet.utils.atomic import write_text
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_text
 from planning.budget import get_budget
 from planning.pipeline import plan_and_preprocess
 from planning.planner import DEFAULT_PLANS_NAME

@@ -28,9 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
 from diffusion_nnunet.inference.output_folder import STAGING_PREFIX, claim_output_folder
-from diffusion_nnunet.utils.atomic import atomic_path
+from dnnunet_core.atomic import atomic_path
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

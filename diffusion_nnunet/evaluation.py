@@ -47,8 +47,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion_nnunet import paths
 from diffusion_nnunet.ensemble import ensemble_folders
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
 from diffusion_nnunet.inference.inference_defaults import update_inference_defaults
 from diffusion_nnunet.inference.predictor import model_folder, predict_folder
-from diffusion_nnunet.utils.atomic import write_json, write_text
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_json, write_text
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
 from planning.planner import DEFAULT_PLANS_NAME, DEFAULT_TIMESTEPS
-from planning.validate import find_dataset_folder
 
 logger = logging.getLogger(__name__)
 

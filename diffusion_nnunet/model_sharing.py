@@ -27,10 +27,10 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import atomic_path
-from diffusion_nnunet.utils.processes import pid_alive
+from dnnunet_core import paths
+from dnnunet_core.atomic import atomic_path
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def model_folders_for(dataset: str, trainer: str, plans_name: str, configuration
     """
     from diffusion_nnunet.inference.predictor import model_folder
     from diffusion_nnunet.training import registry
-    from planning.validate import find_dataset_folder
+    from dnnunet_core.paths import find_dataset_folder
 
     if configurations:
         return [model_folder(dataset, trainer, c, plans_name) for c in configurations]

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
-from diffusion_nnunet.utils.atomic import atomic_path
+from dnnunet_core.atomic import atomic_path
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

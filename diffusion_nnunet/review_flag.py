@@ -24,9 +24,9 @@ from typing import Mapping
 import numpy as np
 from scipy import stats
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.case_scores import SCORES
 from diffusion_nnunet.inference.inference_defaults import update_inference_defaults
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
 from diffusion_nnunet.find_best import _link_files, validation_cases
 from diffusion_nnunet.inference.review_list import is_diffusion_model, read_case_scores
 from diffusion_nnunet.review_flag import fit_review_flag, write_review_flag
-from planning.validate import find_dataset_folder
+from dnnunet_core import paths
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
 
 logger = logging.getLogger(__name__)
 

@@ -122,7 +122,7 @@ def get_budget(name: str | None = None, seconds_per_iteration: float | None = No
         name: a key of `PRESETS`; defaults to `gpu` if a CUDA device is visible, else `cpu-small`.
         seconds_per_iteration: replaces the preset's target.
     """
-    from diffusion_nnunet.errors import UserInputError
+    from dnnunet_core.errors import UserInputError
 
     if name is None:
         import torch

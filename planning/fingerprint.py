@@ -5,7 +5,7 @@ import logging
 
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 

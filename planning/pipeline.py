@@ -9,18 +9,19 @@ from pathlib import Path
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import write_json
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
+from dnnunet_core.quiet import nnunet_output_to_log
 from planning.budget import ComputeBudget
+from planning.checks import validate_raw_dataset
 from planning.fingerprint import extract_fingerprint
 from planning.plan_checks import refuse_untrainable_plans, warn_about_trained_models
 from planning.planner import budgeted
 from planning.planner_presets import DEFAULT_PLANNER, get_planner_preset, plans_name_for
 from planning.preprocessing_state import mark_complete, mark_incomplete
 from planning.unlabelled import extract_fingerprint_partial, find_unlabelled_cases, preprocess_partial
-from planning.validate import find_dataset_folder, validate_raw_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import json
 import logging
 from pathlib import Path
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def require_complete(dataset: str, configuration: str, plans_name: str) -> None:
         UserInputError: no completion marker (interrupted, --plan-only), other plans, or other
             cases than the marker records; the message says which command completes the data.
     """
+    from dnnunet_core.paths import find_dataset_folder
     from planning.pipeline import preprocessed_plans_file
-    from planning.validate import find_dataset_folder
 
     dataset_name = find_dataset_folder(paths.preprocessed(), dataset).name
     plans = json.loads(preprocessed_plans_file(dataset_name, plans_name).read_text())

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.datasets.partial_labels import find_unlabelled_cases, unlabelled_folder_name
-from diffusion_nnunet.utils.atomic import write_json
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_json
+from dnnunet_core.partial_labels import find_unlabelled_cases, unlabelled_folder_name
+from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("nnUNet_def_n_proc", "1")
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the package sets it (see diffusion_nnunet/paths.py)
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the package sets it (see dnnunet_core/paths.py)
 
 
 @pytest.fixture

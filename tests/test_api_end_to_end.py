@@ -12,8 +12,8 @@ import SimpleITK as sitk
 
 from diffusion_nnunet.api import Predictor
 from diffusion_nnunet.cli.main import main
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import to_jsonable
+from dnnunet_core.errors import UserInputError
 from tests.conftest import stock_copy
 
 pytestmark = pytest.mark.slow

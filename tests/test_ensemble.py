@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from diffusion_nnunet.ensemble import ensemble_folders, probabilities_shape
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 # the parts of plans.json that nnU-Net's PlansManager needs for ensembling

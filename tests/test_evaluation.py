@@ -9,7 +9,6 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from diffusion_nnunet.errors import InvalidDataError
 from diffusion_nnunet.evaluation import (
     evaluate_folders,
     format_table,
@@ -17,6 +16,7 @@ from diffusion_nnunet.evaluation import (
     read_segmentation,
     write_evaluation,
 )
+from dnnunet_core.errors import InvalidDataError
 
 LABELS = {"background": 0, "a": 1, "b": 2, "c": 3}
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.find_best import Candidate, choose_best, foreground_mean_dice
+from dnnunet_core.errors import UserInputError
 
 
 def _c(name, dice, models=1, steps=0):
@@ -36,10 +36,10 @@ def test_foreground_mean_dice_is_nnunets_convention():
 
 @pytest.mark.slow
 def test_find_best_on_the_validation_fold(env, recycle_model, tmp_path, capsys):
-    from diffusion_nnunet import paths
     from diffusion_nnunet.cli.main import main
     from diffusion_nnunet.evaluation import evaluate_folders
     from diffusion_nnunet.find_best import find_best, validation_cases
+    from dnnunet_core import paths
 
     # a copy, so that the recorded defaults do not change the session's shared model
     diffusion = shutil.copytree(recycle_model, tmp_path / recycle_model.name)

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from diffusion_nnunet.cli.main import main
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.model_sharing import export_model, install_model
+from dnnunet_core.errors import UserInputError
 
 DATASET = "Dataset987_Fake"
 

@@ -8,7 +8,6 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
 from diffusion_nnunet.reporting import (
     PANEL_INCHES,
     most_foreground_slice,
@@ -17,6 +16,7 @@ from diffusion_nnunet.reporting import (
     results_table_markdown,
     results_table_text,
 )
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 PX = int(PANEL_INCHES * 100)  # panel size in pixels at the figures' 100 dpi
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.inference_defaults import read_inference_defaults
 from diffusion_nnunet.review_flag import fit_review_flag, flag_cases, spearman, write_review_flag
+from dnnunet_core.errors import UserInputError
 
 
 @pytest.fixture

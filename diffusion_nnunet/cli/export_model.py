@@ -21,8 +21,8 @@ def add_arguments(p):
 
 
 def run(args):
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.model_sharing import export_model, model_folders_for
+    from dnnunet_core.errors import UserInputError
 
     if (args.model is None) == (args.dataset is None):
         raise UserInputError("give model folders with -m, or -d DATASET (with -c/-tr/-p), not both")

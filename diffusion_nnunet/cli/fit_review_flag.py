@@ -18,10 +18,10 @@ def add_arguments(p):
 
 
 def run(args):
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.inference.predictor import model_folder
     from diffusion_nnunet.review_flag_fit import fit_review_flag_on_validation
     from diffusion_nnunet.utils.device import resolve_device
+    from dnnunet_core.errors import UserInputError
 
     if args.model is None and args.dataset is None:
         raise UserInputError("give a model folder with -m, or -d DATASET (with -c/-tr/-p)")

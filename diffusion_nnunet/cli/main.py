@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 # subcommand name -> module with add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {

@@ -30,8 +30,8 @@ def add_arguments(p):
 
 
 def run(args):
-    from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import make_dataset
+    from dnnunet_core import paths
 
     folder = make_dataset(args.name, paths.raw(), args.id, args.num_train, args.num_test, args.seed, args.overwrite,
                           args.labelled_fraction, args.test_difficulty, keep_classes=args.keep_classes,

@@ -64,10 +64,10 @@ def parse_folds(values):
 def run(args):
     from pathlib import Path
 
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.inference.folder_prediction import predict_and_review
     from diffusion_nnunet.inference.predictor import model_folder
     from diffusion_nnunet.utils.device import resolve_device
+    from dnnunet_core.errors import UserInputError
 
     if args.model is None and args.dataset is None:
         raise UserInputError("give a model folder with -m, or -d DATASET (with -c/-tr/-p)")

@@ -61,7 +61,7 @@ def parse_semi_options(items: list[str]) -> dict:
         UserInputError: an item without ``=``, a null value (an override of None means "not
             given" to the config merge), or teacher/rounds (they have their own flags).
     """
-    from diffusion_nnunet.errors import UserInputError
+    from dnnunet_core.errors import UserInputError
 
     options = {}
     for item in items:
@@ -81,12 +81,12 @@ def parse_semi_options(items: list[str]) -> dict:
 
 
 def run(args):
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.training import registry
     from diffusion_nnunet.training.distributed import WorkerFailedError
     from diffusion_nnunet.training.fold_state import resume_command
     from diffusion_nnunet.training.run import train
     from diffusion_nnunet.utils.device import resolve_device
+    from dnnunet_core.errors import UserInputError
 
     if args.list_trainers:
         for name, entry in sorted(registry.available().items()):

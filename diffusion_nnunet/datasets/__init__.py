@@ -15,7 +15,7 @@ from diffusion_nnunet.datasets.mni_tissue2d import GENERATOR as _MNI_TISSUE2D
 from diffusion_nnunet.datasets.synthetic_brats2d import GENERATOR as _SYNTHETIC_BRATS2D
 from diffusion_nnunet.datasets.synthetic_ct3d import GENERATOR as _SYNTHETIC_CT3D
 from diffusion_nnunet.datasets.synthetic_us2d import GENERATOR as _SYNTHETIC_US2D
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 GENERATORS: dict[str, DatasetGenerator] = {
     g.name: g for g in (_SYNTHETIC_US2D, _SYNTHETIC_CT3D, _MNI_TISSUE2D, _SYNTHETIC_BRATS2D)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
-from diffusion_nnunet.utils.atomic import atomic_path, write_json
+from dnnunet_core.atomic import atomic_path, write_json
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from diffusion_nnunet.datasets.keep_classes import apply_keep_classes, resolve_k
 from diffusion_nnunet.datasets.partial_labels import apply_labelled_fraction, num_labelled
 from diffusion_nnunet.datasets.raw_writer import write_cases
 from diffusion_nnunet.datasets.sparse_labels import apply_sparse_labels, check_fraction
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import SimpleITK as sitk
 
 from diffusion_nnunet.datasets.base import Case, DatasetGenerator
 from diffusion_nnunet.datasets.difficulty import bias_field
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from diffusion_nnunet.datasets.base import Case, DatasetGenerator
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -142,7 +142,7 @@ def check_shape(shape) -> tuple[int, int, int]:
     Raises:
         UserInputError: anything else.
     """
-    from diffusion_nnunet.errors import UserInputError
+    from dnnunet_core.errors import UserInputError
 
     values = tuple(int(v) for v in shape)
     if len(values) != 3 or min(values) < 8:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 
 def model_previous_stage(model_dir: str | Path) -> str | None:

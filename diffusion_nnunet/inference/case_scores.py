@@ -34,9 +34,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from diffusion_nnunet.errors import InvalidDataError
 from diffusion_nnunet.evaluation import to_jsonable
-from diffusion_nnunet.utils.atomic import write_json, write_text
+from dnnunet_core.atomic import write_json, write_text
+from dnnunet_core.errors import InvalidDataError
 
 logger = logging.getLogger(__name__)
 

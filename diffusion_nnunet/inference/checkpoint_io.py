@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_nnunet.errors import InvalidDataError
+from dnnunet_core.errors import InvalidDataError
 
 _REQUIRED_KEYS = ("network_weights", "trainer_name", "init_args")
 

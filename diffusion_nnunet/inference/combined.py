@@ -21,8 +21,8 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from tqdm.auto import tqdm
 
 from diffusion_nnunet.ensemble import ensemble_folders
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.cascade import model_previous_stage
+from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
 from diffusion_nnunet.inference.output_folder import claim_output_folder, prediction_settings
 from diffusion_nnunet.inference.predictor import (
     DnnPredictor,
@@ -31,9 +31,9 @@ from diffusion_nnunet.inference.predictor import (
     prediction_arguments,
 )
 from diffusion_nnunet.inference.sampling_config import SamplingConfig
-from diffusion_nnunet.utils.atomic import atomic_path, write_json
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
-from planning.validate import validate_prediction_inputs
+from dnnunet_core.atomic import atomic_path, write_json
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ import torch
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import SAMPLERS, pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
 from diffusion_nnunet.inference.inference_defaults import default_start_step
 from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.predictor import DnnPredictor
@@ -43,7 +42,8 @@ from diffusion_nnunet.inference.uncertainty import (
     write_uncertainty_maps,
 )
 from diffusion_nnunet.inference.wide_labels import WideLabels
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from diffusion_nnunet.errors import InvalidDataError
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import InvalidDataError
 
 INFERENCE_DEFAULTS = "inference_defaults.json"
 

@@ -20,7 +20,7 @@ import torch
 from diffusion_nnunet.inference.predictor import DnnPredictor, run_prediction
 from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score, write_review_list
 from diffusion_nnunet.inference.wide_labels import WideLabels
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import write_json
-from diffusion_nnunet.utils.processes import pid_alive
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 

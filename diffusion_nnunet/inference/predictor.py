@@ -26,10 +26,9 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference import cascade
 from diffusion_nnunet.inference.checkpoint_io import load_weights, read_checkpoint
+from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
 from diffusion_nnunet.inference.output_folder import (
     claim_output_folder,
     finished_cases,
@@ -40,10 +39,12 @@ from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.config import TrainingConfig
-from diffusion_nnunet.utils.atomic import write_json
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core import paths
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
+from dnnunet_core.quiet import nnunet_output_to_log
 from planning.planner import DEFAULT_PLANS_NAME
-from planning.validate import find_dataset_folder, validate_prediction_inputs
 
 logger = logging.getLogger(__name__)
 

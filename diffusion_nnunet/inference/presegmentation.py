@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
-from diffusion_nnunet.errors import InvalidDataError
+from dnnunet_core.errors import InvalidDataError
 
 
 def load_presegmentation(folder: str | Path, case: str, file_ending: str, num_classes: int,

@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from diffusion_nnunet.errors import InvalidDataError
 from diffusion_nnunet.evaluation import to_jsonable
 from diffusion_nnunet.inference.case_scores import DEFAULT_SORT, write_case_table
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import InvalidDataError
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ def is_diffusion_model(model_dir: str | Path) -> bool:
     """
     import torch
 
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.inference.predictor import trainer_class_for
     from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+    from dnnunet_core.errors import UserInputError
 
     first = next(iter(sorted(Path(model_dir).glob("fold_*/checkpoint_*.pth"))), None)
     if first is None:

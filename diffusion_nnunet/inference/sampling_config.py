@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from diffusion_nnunet.diffusion.sampling import SAMPLERS
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 SAMPLE_MIRRORING = ("cycle", "product")
 

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor
 
-from diffusion_nnunet.utils.atomic import atomic_path
+from dnnunet_core.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 

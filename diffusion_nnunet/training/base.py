@@ -30,12 +30,12 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
 from diffusion_nnunet.training.fold_state import CROSS_VALIDATION_FOLDS  # noqa: F401 - also exported here
-from diffusion_nnunet.utils.atomic import atomic_path, write_json
+from dnnunet_core.atomic import atomic_path, write_json
+from dnnunet_core.errors import UserInputError
 from planning.preprocessing_state import check_splits
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import json
 import logging
 from pathlib import Path
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core import paths
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

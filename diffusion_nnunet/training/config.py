@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from diffusion_nnunet.diffusion.sampling import SAMPLERS
-from diffusion_nnunet.errors import UserInputError
-from diffusion_nnunet.utils.atomic import write_json
+from dnnunet_core.atomic import write_json
+from dnnunet_core.errors import UserInputError
 
 STRATEGIES = ("standard", "self_condition", "recycle_next", "recycle")
 

@@ -27,8 +27,8 @@ from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.config import DiffusionConfig, TrainingConfig
 from diffusion_nnunet.training.registry import register_variant
 from diffusion_nnunet.training.timestep_sampling import TimestepSampler
-from diffusion_nnunet.utils.atomic import write_json
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core.atomic import write_json
+from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 

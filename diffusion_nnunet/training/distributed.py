@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.distributed as dist
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

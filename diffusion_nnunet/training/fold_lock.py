@@ -22,7 +22,7 @@ from typing import Iterator
 
 from filelock import SoftFileLock, Timeout
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

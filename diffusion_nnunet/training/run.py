@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 
-from diffusion_nnunet import paths
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import cascade, distributed, fold_lock, fold_state, registry
 from diffusion_nnunet.training.base import CONFIG_FILE, PREVIOUS_CHECKPOINT
 from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
-from diffusion_nnunet.utils.quiet import nnunet_output_to_log
+from dnnunet_core import paths
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.paths import find_dataset_folder
+from dnnunet_core.quiet import nnunet_output_to_log
 from planning.pipeline import preprocessed_plans_file
 from planning.planner import DEFAULT_PLANS_NAME
 from planning.preprocessing_state import require_complete as require_complete_preprocessing
-from planning.validate import find_dataset_folder
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ lines of their code.
 """
 from __future__ import annotations
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 PRESETS: dict[str, dict] = {
     "authors": {

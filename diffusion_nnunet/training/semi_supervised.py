@@ -25,7 +25,6 @@ import torch.distributed as dist
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
@@ -40,6 +39,7 @@ from diffusion_nnunet.training.semi_losses import (
     segmentation_loss,
 )
 from diffusion_nnunet.training.unlabelled_data import build_unlabelled_loader, images_only
+from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

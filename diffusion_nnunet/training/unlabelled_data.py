@@ -17,7 +17,7 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from diffusion_nnunet.datasets.partial_labels import unlabelled_folder_name
+from dnnunet_core.partial_labels import unlabelled_folder_name
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 
 def resolve_device(name: str | None = None) -> torch.device:

@@ -41,8 +41,8 @@ def test_predict_without_a_model_names_the_missing_folder(nnunet_dirs, tmp_path,
 
 
 def test_predict_inputs_with_wrong_channel_count_name_the_case(tmp_path):
-    from diffusion_nnunet.errors import InvalidDataError
-    from planning.validate import validate_prediction_inputs
+    from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
+    from dnnunet_core.errors import InvalidDataError
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -5,7 +5,7 @@ import pytest
 
 from diffusion_nnunet.cli.main import build_parser
 from diffusion_nnunet.cli.train import parse_semi_options
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 
 def test_semi_options_are_read_as_json_with_strings_as_fallback():

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.difficulty import draw_difficulty
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 # sha256 (first 16 hex digits) of images made by the generators before varied difficulty existed
 # (main at cb84085, `GENERATORS[name].cases(1, 2, 0)`).

@@ -21,7 +21,7 @@ from diffusion_nnunet.datasets import (
     synthetic_us2d,
 )
 from diffusion_nnunet.datasets.make import build_dataset
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 
 NAMES = ["synthetic-us2d", "synthetic-ct3d", "mni-tissue2d"]
 SMALL = {"num_train": 4, "num_test": 2}

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from diffusion_nnunet.cli.main import main
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.keep_classes import relabel_table, resolve_kept_classes
-from diffusion_nnunet.errors import UserInputError
-from planning.validate import validate_raw_dataset
+from dnnunet_core.errors import UserInputError
+from planning.checks import validate_raw_dataset
 
 
 def _labels(folder, split):

@@ -7,9 +7,10 @@ import pytest
 
 from diffusion_nnunet.cli.main import main
 from diffusion_nnunet.datasets import make_dataset
-from diffusion_nnunet.datasets.partial_labels import choose_labelled, find_unlabelled_cases, num_labelled
-from diffusion_nnunet.errors import UserInputError
-from planning.validate import validate_raw_dataset
+from diffusion_nnunet.datasets.partial_labels import choose_labelled, num_labelled
+from dnnunet_core.errors import UserInputError
+from dnnunet_core.partial_labels import find_unlabelled_cases
+from planning.checks import validate_raw_dataset
 
 
 def _ids(folder, sub):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffusion_nnunet.api import UNCERTAINTY_MAPS, Predictor
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.predictor import export_prediction_from_logits
+from dnnunet_core.errors import UserInputError
 from tests.inference.tiny_predictors import NUM_CLASSES, tiny_diffusion_predictor, tiny_nnunet_predictor
 
 

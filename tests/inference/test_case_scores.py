@@ -9,7 +9,6 @@ import pickle
 import numpy as np
 import pytest
 
-from diffusion_nnunet.errors import InvalidDataError
 from diffusion_nnunet.inference.case_scores import (
     boundary_band,
     case_scores,
@@ -17,6 +16,7 @@ from diffusion_nnunet.inference.case_scores import (
     rank_cases,
     write_case_table,
 )
+from dnnunet_core.errors import InvalidDataError
 
 
 def onehot(label: np.ndarray, c: int) -> np.ndarray:

@@ -5,12 +5,12 @@ import threading
 
 import pytest
 
-from diffusion_nnunet.errors import InvalidDataError
 from diffusion_nnunet.inference.inference_defaults import (
     default_start_step,
     read_inference_defaults,
     update_inference_defaults,
 )
+from dnnunet_core.errors import InvalidDataError
 
 
 def test_update_keeps_the_other_keys(tmp_path):

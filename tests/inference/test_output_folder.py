@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.output_folder import (
     ARGS_FILE,
     check_creatable_folder,
     claim_output_folder,
     prediction_settings,
 )
+from dnnunet_core.errors import UserInputError
 
 
 def settings(tmp_path, **extra):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.inference.predictor import predict_folder
 from diffusion_nnunet.inference.sampling_config import SamplingConfig
+from dnnunet_core.errors import UserInputError
 
 
 def test_dicts_become_configs_and_none_means_default():

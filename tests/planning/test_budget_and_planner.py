@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 from planning.budget import PRESETS, estimate_seconds_per_iteration, get_budget, unet_forward_flops
 from planning.planner import BudgetedPlanner
 

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from diffusion_nnunet.datasets import make_dataset
-from diffusion_nnunet.errors import UserInputError
+from dnnunet_core.errors import UserInputError
 from planning.budget import get_budget
 from planning.pipeline import plan_and_preprocess
 from planning.preprocessing_state import MARKER_FOLDER, mark_incomplete, require_complete

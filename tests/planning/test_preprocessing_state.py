@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
+from dnnunet_core.errors import InvalidDataError, UserInputError
 from planning.budget import get_budget
 from planning.pipeline import plan_and_preprocess
 from planning.preprocessing_state import MARKER_FOLDER, check_splits, require_complete

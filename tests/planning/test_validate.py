@@ -9,68 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from diffusion_nnunet.errors import InvalidDataError, UserInputError
-from planning.validate import (
-    ValidationReport,
-    find_dataset_folder,
-    validate_prediction_inputs,
-    validate_raw_dataset,
-)
-
-CASES = ("case_a", "case_b")
-LABELS = {"background": 0, "liver": 1, "tumor": 2}
-SIZE_3D = (8, 8, 4)  # SimpleITK order (x, y, z)
-SIZE_2D = (8, 8)
-
-
-def write_image(path: Path, array: np.ndarray, spacing=None, origin=None, direction=None) -> Path:
-    """Write a numpy array (numpy order z, y, x) as an image with the given geometry."""
-    image = sitk.GetImageFromArray(array)
-    dim = image.GetDimension()
-    image.SetSpacing(spacing or (1.0,) * dim)
-    image.SetOrigin(origin or (0.0,) * dim)
-    if direction is not None:
-        image.SetDirection(direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), True)
-    return path
-
-
-def np_shape(size):
-    return tuple(reversed(size))
-
-
-def image_array(size, seed=0):
-    return np.random.default_rng(seed).normal(size=np_shape(size)).astype(np.float32)
-
-
-def label_array(size):
-    arr = np.zeros(np_shape(size), dtype=np.uint8)
-    arr.reshape(-1)[: arr.size // 2] = 1
-    arr.reshape(-1)[:3] = 2
-    return arr
-
-
-def make_dataset(root: Path, n_channels: int = 1, dim: int = 3, cases=CASES, ending: str = ".nii.gz",
-                 name: str = "Dataset501_Test") -> Path:
-    """A valid nnU-Net raw dataset: `cases`, `n_channels` channels, 8x8x4 (3D) or 8x8 (2D)."""
-    folder = root / name
-    size = SIZE_3D if dim == 3 else SIZE_2D
-    for i, case in enumerate(cases):
-        for c in range(n_channels):
-            arr = image_array(size, seed=i * 10 + c)
-            if ending == ".png":  # PNG holds 8/16-bit unsigned integers only
-                arr = (np.abs(arr) * 50).astype(np.uint8)
-            write_image(folder / "imagesTr" / f"{case}_{c:04d}{ending}", arr)
-        write_image(folder / "labelsTr" / f"{case}{ending}", label_array(size))
-    dataset_json = {
-        "channel_names": {str(c): ("CT" if c == 0 else f"MR{c}") for c in range(n_channels)},
-        "labels": LABELS,
-        "numTraining": len(cases),
-        "file_ending": ending,
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return folder
+from dnnunet_core.errors import InvalidDataError
+from planning.checks import ValidationReport, validate_raw_dataset
+from tests.helpers import CASES, LABELS, SIZE_2D, SIZE_3D, image_array, label_array, make_dataset, write_image
 
 
 def set_json(folder: Path, **changes) -> None:
@@ -451,106 +392,7 @@ def test_many_identical_warnings_are_summarised(tmp_path):
 
 
 def test_worker_processes_give_the_same_answer(ds, monkeypatch):
-    monkeypatch.setattr("planning.validate.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("planning.checks.runner.PARALLEL_MIN_BYTES", 0)
     write_image(ds / "labelsTr" / "case_b.nii.gz", label_array(SIZE_3D), origin=(0.0, 3.0, 0.0))
     msg = error_of(ds, num_processes=2)
     assert "case_b.nii.gz" in msg and "origin" in msg
-
-
-# --------------------------------------------------------------------------------------------- find_dataset_folder
-
-
-def test_find_dataset_folder_by_id_and_name(tmp_path):
-    make_dataset(tmp_path, name="Dataset501_Liver")
-    (tmp_path / "Dataset005_Prostate").mkdir()
-    assert find_dataset_folder(tmp_path, 501) == tmp_path / "Dataset501_Liver"
-    assert find_dataset_folder(tmp_path, "501") == tmp_path / "Dataset501_Liver"
-    assert find_dataset_folder(tmp_path, "5") == tmp_path / "Dataset005_Prostate"
-    assert find_dataset_folder(tmp_path, "Dataset501_Liver") == tmp_path / "Dataset501_Liver"
-
-
-def test_find_dataset_folder_unknown_id_lists_existing(tmp_path):
-    (tmp_path / "Dataset501_Liver").mkdir()
-    (tmp_path / "Dataset005_Prostate").mkdir()
-    with pytest.raises(UserInputError) as info:
-        find_dataset_folder(tmp_path, 777)
-    msg = str(info.value)
-    assert "777" in msg and "Dataset005_Prostate" in msg and "Dataset501_Liver" in msg
-    with pytest.raises(UserInputError, match="Dataset501_Liver"):
-        find_dataset_folder(tmp_path, "Dataset501_Kidney")
-
-
-def test_find_dataset_folder_empty_or_missing_root(tmp_path):
-    with pytest.raises(UserInputError, match="empty"):
-        find_dataset_folder(tmp_path, 1)
-    with pytest.raises(UserInputError, match="does not exist"):
-        find_dataset_folder(tmp_path / "nope", 1)
-    with pytest.raises(UserInputError, match="not a dataset id"):
-        find_dataset_folder(tmp_path, "liver")
-
-
-# --------------------------------------------------------------------------------------------- prediction inputs
-
-CHANNELS2 = {"0": "T1", "1": "T2"}
-
-
-@pytest.fixture
-def pred_dir(tmp_path) -> Path:
-    folder = tmp_path / "input"
-    for case in ("p1", "p2"):
-        for c in range(2):
-            write_image(folder / f"{case}_{c:04d}.nii.gz", image_array(SIZE_3D, seed=c))
-    return folder
-
-
-def pred_error(folder: Path, channels=CHANNELS2) -> str:
-    with pytest.raises(InvalidDataError) as info:
-        validate_prediction_inputs(folder, channels, ".nii.gz")
-    return str(info.value)
-
-
-def test_prediction_inputs_valid(pred_dir):
-    (pred_dir / "readme.txt").write_text("ignored")
-    assert validate_prediction_inputs(pred_dir, CHANNELS2, ".nii.gz") == ["p1", "p2"]
-
-
-def test_prediction_input_folder_missing_or_empty(tmp_path):
-    assert "does not exist" in pred_error(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    assert "empty" in pred_error(tmp_path / "empty")
-    (tmp_path / "empty" / "a_0000.nrrd").write_bytes(b"x")
-    assert "no files ending in '.nii.gz'" in pred_error(tmp_path / "empty")
-
-
-def test_prediction_case_missing_channel(pred_dir):
-    (pred_dir / "p2_0001.nii.gz").unlink()
-    msg = pred_error(pred_dir)
-    assert "p2_0001.nii.gz" in msg and "'p2'" in msg and "p2_0000.nii.gz, p2_0001.nii.gz" in msg
-
-
-def test_prediction_case_extra_channel(pred_dir):
-    write_image(pred_dir / "p1_0002.nii.gz", image_array(SIZE_3D))
-    msg = pred_error(pred_dir)
-    assert "p1_0002.nii.gz" in msg and "channel index 0002" in msg and "2 channel(s)" in msg
-
-
-def test_prediction_unreadable_file(pred_dir):
-    (pred_dir / "p1_0000.nii.gz").write_bytes(os.urandom(1000))
-    msg = pred_error(pred_dir)
-    assert "p1_0000.nii.gz" in msg and "cannot be read" in msg
-
-
-def test_prediction_nan(pred_dir):
-    arr = image_array(SIZE_3D)
-    arr[0, 0, :] = np.inf
-    write_image(pred_dir / "p2_0001.nii.gz", arr)
-    msg = pred_error(pred_dir)
-    assert "p2_0001.nii.gz" in msg and "8 Inf" in msg
-
-
-def test_prediction_channel_geometry_mismatch(pred_dir):
-    write_image(pred_dir / "p1_0001.nii.gz", image_array((8, 8, 6)))
-    write_image(pred_dir / "p2_0001.nii.gz", image_array(SIZE_3D), spacing=(1.0, 1.0, 3.0))
-    msg = pred_error(pred_dir)
-    assert "2 problems" in msg
-    assert "p1_0001.nii.gz: size 8x8x6" in msg and "p2_0001.nii.gz: spacing" in msg

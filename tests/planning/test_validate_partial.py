@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from planning.validate import validate_raw_dataset
-from tests.planning.test_validate import SIZE_3D, error_of, image_array, make_dataset, set_json, write_image
+from planning.checks import validate_raw_dataset
+from tests.helpers import SIZE_3D, image_array, make_dataset, write_image
+from tests.planning.test_validate import error_of, set_json
 
 
 @pytest.fixture

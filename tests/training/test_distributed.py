@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.distributed import (
     DistributedEnv,
@@ -29,6 +28,7 @@ from diffusion_nnunet.training.distributed import (
     device_for_rank,
     shard_batch,
 )
+from dnnunet_core.errors import UserInputError
 
 DATASET_ID = 513
 
@@ -352,9 +352,9 @@ def _fixed_batch_trainer_class():
 def _train_on_fixed_batches(device: torch.device, batches_file: str, fold: int, init_file: str,
                             validate: bool = False) -> None:
     """One single-process run, or one rank of a multi-process run (called in each process)."""
-    from diffusion_nnunet import paths
     from diffusion_nnunet.training.config import TrainingConfig
     from diffusion_nnunet.training.run import load_plans
+    from dnnunet_core import paths
 
     cls = _fixed_batch_trainer_class()
     cls.batches_file, cls.init_file = batches_file, init_file

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import fold_lock, fold_state
+from dnnunet_core.errors import UserInputError
 from tests.helpers import hold_lock_in_subprocess
 
 FAKE_ID = 541

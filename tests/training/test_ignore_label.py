@@ -15,9 +15,9 @@ import torch
 
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.diffusion.label_space import LabelSpace
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.evaluation import evaluate_folders
-from planning.validate import validate_raw_dataset
+from dnnunet_core.errors import UserInputError
+from planning.checks import validate_raw_dataset
 
 DATASET_ID = 561
 IGNORE = 3  # synthetic-us2d: background 0, layer 1, lesion 2

@@ -15,7 +15,7 @@ import torch
 
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.synthetic_brats2d import MIN_REGION_PIXELS
-from planning.validate import validate_raw_dataset
+from planning.checks import validate_raw_dataset
 
 DATASET_ID = 564
 SHORT = ["-device", "cpu", "--seed", "0", "--iterations", "2", "--val-iterations", "1"]
@@ -155,8 +155,8 @@ def test_diffusion_head_trains_predicts_and_ensembles_in_region_space(plan_env, 
 
 @pytest.mark.slow
 def test_semi_supervised_trainers_refuse_regions(plan_env):
-    from diffusion_nnunet.errors import UserInputError
     from diffusion_nnunet.training.run import build_trainer
+    from dnnunet_core.errors import UserInputError
 
     for name in ("semi_teacher", "semi_cotrain"):
         with pytest.raises(UserInputError, match="region-based labels"):

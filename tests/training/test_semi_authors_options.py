@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.training import semi_supervised
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig, merge_config_values
 from diffusion_nnunet.training.lr_warmup import warmup_factor, warmup_iterations
@@ -20,6 +19,7 @@ from diffusion_nnunet.training.semi_losses import (
 )
 from diffusion_nnunet.training.semi_presets import PRESETS, semi_overrides
 from diffusion_nnunet.training.semi_supervised import SemiCoTrainer, _SemiBase
+from dnnunet_core.errors import UserInputError
 
 C, IMG = 3, 1
 SHAPE = (2, IMG, 16, 16)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair, build_twin
 from diffusion_nnunet.training import registry, semi_losses
 from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
@@ -30,6 +29,7 @@ from diffusion_nnunet.training.semi_losses import (
 )
 from diffusion_nnunet.training.semi_supervised import resolve_teacher_checkpoint
 from diffusion_nnunet.training.unlabelled_data import _DropTarget, build_unlabelled_loader, images_only
+from dnnunet_core.errors import UserInputError
 from tests.networks.test_denoiser import _cfg
 
 C, IMG = 3, 1

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from diffusion_nnunet.utils.atomic import atomic_path, write_json, write_text
+from dnnunet_core.atomic import atomic_path, write_json, write_text
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
