@@ -33,7 +33,7 @@ CONFIGURATION = "3d_fullres"
 
 
 def _save(results: dict, out_file: Path) -> None:
-    from diffusion_nnunet.utils.atomic import write_json
+    from dnnunet_core.atomic import write_json
 
     write_json(results, out_file)
 
@@ -41,11 +41,11 @@ def _save(results: dict, out_file: Path) -> None:
 def run(planners: list[str], trainers: list[str], args, out_file: Path, work: Path) -> dict:
     import torch
 
-    from diffusion_nnunet import paths
     from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
     from diffusion_nnunet.evaluation import evaluate_folders
     from diffusion_nnunet.inference.predictor import model_folder, predict_folder
     from diffusion_nnunet.training.run import train_fold
+    from dnnunet_core import paths
     from planning.budget import get_budget
     from planning.pipeline import plan_and_preprocess
     from planning.planner_presets import get_planner_preset, plans_name_for

@@ -59,7 +59,7 @@ def get_planner_preset(name: str) -> PlannerPreset:
     Raises:
         UserInputError: for an unknown name (the message lists the choices).
     """
-    from diffusion_nnunet.errors import UserInputError
+    from dnnunet_core.errors import UserInputError
 
     if name in PLANNERS:
         return PLANNERS[name]

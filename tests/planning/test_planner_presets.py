@@ -13,8 +13,8 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from diffusion_nnunet.cli.main import main
-from diffusion_nnunet.errors import UserInputError
 from diffusion_nnunet.networks import build_denoiser
+from dnnunet_core.errors import UserInputError
 from planning.budget import get_budget, unet_forward_flops
 from planning.planner import BudgetedPlanner, BudgetMixin, budgeted
 from planning.planner_presets import PLANNERS, get_planner_preset, plans_name_for
