@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 
@@ -18,6 +20,23 @@ def hold_lock_in_subprocess(lock_file: Path, seconds: int = 300) -> subprocess.P
     proc = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
+
+
+@contextmanager
+def planned_with_cpu_tiny(raw_info: dict, dataset_id: int):
+    """Plan and preprocess a generated dataset under `raw_info["root"]` with the cpu-tiny budget,
+    nnU-Net's folder variables pointing there while the context lasts; yields `raw_info` plus
+    "env" (the variables) and "results" (the dataset's results folder)."""
+    from planning.budget import get_budget
+    from planning.pipeline import plan_and_preprocess
+
+    root = raw_info["root"]
+    env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        plan_and_preprocess(str(dataset_id), get_budget("cpu-tiny"), num_processes=1)
+        yield {**raw_info, "env": env, "results": Path(env["nnUNet_results"]) / raw_info["raw"].name}
 
 
 # Tiny raw images and datasets (the raw-data checks, the predict-time input checks)

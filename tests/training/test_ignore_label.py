@@ -18,6 +18,7 @@ from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.evaluation import evaluate_folders
 from dnnunet_core.errors import UserInputError
 from planning.checks import validate_raw_dataset
+from tests.helpers import planned_with_cpu_tiny
 
 DATASET_ID = 561
 IGNORE = 3  # synthetic-us2d: background 0, layer 1, lesion 2
@@ -41,16 +42,8 @@ def sparse_raw(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sparse_plan(sparse_raw):
     """The sparse dataset planned with cpu-tiny."""
-    root = sparse_raw["root"]
-    env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        from planning.budget import get_budget
-        from planning.pipeline import plan_and_preprocess
-
-        plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
-        yield {**sparse_raw, "env": env, "results": Path(env["nnUNet_results"]) / sparse_raw["raw"].name}
+    with planned_with_cpu_tiny(sparse_raw, DATASET_ID) as planned:
+        yield planned
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import torch
 from diffusion_nnunet.datasets import make_dataset
 from diffusion_nnunet.datasets.synthetic_brats2d import MIN_REGION_PIXELS
 from planning.checks import validate_raw_dataset
+from tests.helpers import planned_with_cpu_tiny
 
 DATASET_ID = 564
 SHORT = ["-device", "cpu", "--seed", "0", "--iterations", "2", "--val-iterations", "1"]
@@ -37,16 +38,8 @@ def region_raw(tmp_path_factory):
 @pytest.fixture(scope="module")
 def region_plan(region_raw):
     """The region dataset planned with cpu-tiny."""
-    root = region_raw["root"]
-    env = {name: str(root / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        from planning.budget import get_budget
-        from planning.pipeline import plan_and_preprocess
-
-        plan_and_preprocess(str(DATASET_ID), get_budget("cpu-tiny"), num_processes=1)
-        yield {**region_raw, "env": env, "results": Path(env["nnUNet_results"]) / region_raw["raw"].name}
+    with planned_with_cpu_tiny(region_raw, DATASET_ID) as planned:
+        yield planned
 
 
 @pytest.fixture
