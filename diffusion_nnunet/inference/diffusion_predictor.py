@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from diffusion_nnunet.diffusion.label_space import LabelSpace
-from diffusion_nnunet.diffusion.sampling import SAMPLERS, pre_segmentation_x0, sample
+from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.inference.inference_defaults import default_start_step
 from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.predictor import DnnPredictor
 from diffusion_nnunet.inference.presegmentation import load_presegmentation, to_original, to_preprocessed
-from diffusion_nnunet.inference.sampling_config import SAMPLE_MIRRORING
+from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.inference.uncertainty import (
     UncertaintyMaps,
     predictive_entropy,
@@ -101,9 +101,8 @@ class DiffusionPredictor(DnnPredictor):
                  max_sample_batch: int | None = None, sample_mirroring: str = "cycle", keep_samples: bool = False,
                  autocast_dtype: torch.dtype = torch.float16, **kwargs):
         super().__init__(**kwargs)
-        if sample_mirroring not in SAMPLE_MIRRORING:
-            raise UserInputError(f"--sample-mirroring must be one of {', '.join(SAMPLE_MIRRORING)}, "
-                                 f"got {sample_mirroring!r}")
+        # the same checks as every other way in (SamplingConfig); the step count needs the schedule
+        SamplingConfig(sampler=sampler, num_samples=num_samples, sample_mirroring=sample_mirroring)
         self.sampler, self.num_steps, self.num_samples = sampler, num_steps, num_samples
         self.sample_mirroring, self.keep_samples, self.autocast_dtype = sample_mirroring, keep_samples, autocast_dtype
         self.last_samples: torch.Tensor | None = None
@@ -136,10 +135,6 @@ class DiffusionPredictor(DnnPredictor):
         if self.num_steps is not None and not 1 <= self.num_steps <= schedule.num_steps:
             raise UserInputError(f"--steps must be in 1..{schedule.num_steps} (the model was trained with "
                                  f"T = {schedule.num_steps}), got {self.num_steps}")
-        if self.num_samples is not None and self.num_samples < 1:
-            raise UserInputError(f"--num-samples must be at least 1, got {self.num_samples}")
-        if self.sampler not in SAMPLERS:
-            raise UserInputError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         self.schedule, self.self_condition = schedule, self_condition
 
     @property

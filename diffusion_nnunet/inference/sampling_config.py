@@ -101,10 +101,6 @@ class SamplingConfig:
         """The fields that differ from their defaults."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
-    def is_default(self, *ignoring: str) -> bool:
-        """True when nothing but the `ignoring` fields is set (a plain nnU-Net model needs nothing)."""
-        return not set(self.changed()) - set(ignoring)
-
     def predictor_arguments(self) -> dict[str, Any]:
         """DiffusionPredictor's keyword arguments: what is set, less what the caller handles
         (`tile_batch` goes to every predictor, `presegmenter` runs before the predictor)."""

@@ -27,6 +27,16 @@ def test_every_invalid_value_is_named_at_once():
         assert expected in text
 
 
+def test_the_predictor_built_directly_checks_the_same_way():
+    from tests.inference.tiny_predictors import tiny_diffusion_predictor
+
+    for bad, match in (({"sampler": "euler"}, "euler"), ({"num_samples": 0}, "num_samples"),
+                       ({"sample_mirroring": "all"}, "sample-mirroring")):
+        with pytest.raises(UserInputError, match=match):
+            tiny_diffusion_predictor(**bad)
+    assert tiny_diffusion_predictor(sampler="ddim", num_samples=2).sampler == "ddim"
+
+
 def test_a_misspelt_option_is_refused_not_ignored(tmp_path):
     with pytest.raises(UserInputError, match=r"unknown sampling option\(s\) \['num_sample'\]"):
         SamplingConfig.from_options({"num_sample": 3})
