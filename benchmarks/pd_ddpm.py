@@ -49,10 +49,10 @@ def _uncertainty_stats(pred_dir: Path, labels_dir: Path) -> dict:
 def _trained_models(name: str, work: Path, seed: int, device) -> tuple[Path, str, dict]:
     """Generate and plan `name` (cpu-small budget), train the baseline and `recycle` on fold 0 and predict
     imagesTs with the baseline, each step skipped when its output exists. Returns (raw, configuration, info)."""
+    from diffusion_nnunet.configs import trainer_registry as registry
     from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
     from diffusion_nnunet.demo import default_configuration
     from diffusion_nnunet.inference.predictor import model_folder, predict_folder
-    from diffusion_nnunet.training import registry
     from diffusion_nnunet.training.run import train_fold
     from dnnunet_core import paths
     from planning.budget import get_budget

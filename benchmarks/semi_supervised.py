@@ -107,7 +107,7 @@ def semi_values(method: str, semi_options: dict | None = None) -> dict:
     """
     from dataclasses import fields
 
-    from diffusion_nnunet.training.config import SemiSupervisedConfig
+    from diffusion_nnunet.configs.training_config import SemiSupervisedConfig
     from diffusion_nnunet.training.semi_presets import semi_overrides
 
     spec = parse_method(method)

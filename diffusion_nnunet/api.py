@@ -25,11 +25,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
 from diffusion_nnunet.inference.folder_prediction import FolderPrediction, predict_and_review
 from diffusion_nnunet.inference.predictor import DnnPredictor, load_predictor
 from diffusion_nnunet.inference.review_list import is_diffusion_model, predictor_case_scores
-from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.utils.device import resolve_device
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.quiet import nnunet_output_to_log

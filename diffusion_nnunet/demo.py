@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion_nnunet.configs import trainer_registry as registry
 from diffusion_nnunet.datasets import DEFAULT_IDS, make_dataset
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.evaluation import evaluate_folders, load_evaluation, write_evaluation
@@ -24,7 +25,6 @@ from diffusion_nnunet.find_best import foreground_mean_dice
 from diffusion_nnunet.inference.predictor import predict_folder
 from diffusion_nnunet.inference.review_list import finish_prediction
 from diffusion_nnunet.reporting import overlay_cases_png, results_table_markdown, results_table_text
-from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.run import train_fold
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_text

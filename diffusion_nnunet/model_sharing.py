@@ -52,8 +52,8 @@ def model_folders_for(dataset: str, trainer: str, plans_name: str, configuration
     Raises:
         UserInputError: a named configuration has no model folder, or none exists.
     """
+    from diffusion_nnunet.configs import trainer_registry as registry
     from diffusion_nnunet.inference.predictor import model_folder
-    from diffusion_nnunet.training import registry
     from dnnunet_core.paths import find_dataset_folder
 
     if configurations:

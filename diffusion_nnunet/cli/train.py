@@ -81,7 +81,7 @@ def parse_semi_options(items: list[str]) -> dict:
 
 
 def run(args):
-    from diffusion_nnunet.training import registry
+    from diffusion_nnunet.configs import trainer_registry as registry
     from diffusion_nnunet.training.distributed import WorkerFailedError
     from diffusion_nnunet.training.fold_state import resume_command
     from diffusion_nnunet.training.run import train

@@ -20,6 +20,7 @@ import torch
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.ensemble import ensemble_folders
 from diffusion_nnunet.inference.cascade import model_previous_stage
 from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
@@ -30,7 +31,6 @@ from diffusion_nnunet.inference.predictor import (
     predict_folder,
     prediction_arguments,
 )
-from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.quiet import nnunet_output_to_log

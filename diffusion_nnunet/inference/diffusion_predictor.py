@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
@@ -34,7 +35,6 @@ from diffusion_nnunet.inference.inference_defaults import default_start_step
 from diffusion_nnunet.inference.precision import network_autocast
 from diffusion_nnunet.inference.predictor import DnnPredictor
 from diffusion_nnunet.inference.presegmentation import load_presegmentation, to_original, to_preprocessed
-from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from diffusion_nnunet.inference.uncertainty import (
     UncertaintyMaps,
     predictive_entropy,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.inference.predictor import predict_folder
 from diffusion_nnunet.inference.review_list import finish_prediction, is_diffusion_model
-from diffusion_nnunet.inference.sampling_config import SamplingConfig
 
 
 @dataclass

@@ -26,6 +26,9 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.configs import trainer_registry as registry
+from diffusion_nnunet.configs.sampling_config import SamplingConfig
+from diffusion_nnunet.configs.training_config import TrainingConfig
 from diffusion_nnunet.inference import cascade
 from diffusion_nnunet.inference.checkpoint_io import load_weights, read_checkpoint
 from diffusion_nnunet.inference.input_checks import validate_prediction_inputs
@@ -35,10 +38,7 @@ from diffusion_nnunet.inference.output_folder import (
     prediction_settings,
     refuse_output_inside_input,
 )
-from diffusion_nnunet.inference.sampling_config import SamplingConfig
-from diffusion_nnunet.training import registry
 from diffusion_nnunet.training.base import DnnTrainer
-from diffusion_nnunet.training.config import TrainingConfig
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError

@@ -7,7 +7,7 @@ each module there as a top-level module. Point it at this folder:
 
 Only this shim lives here; the classes are defined (and registered) in `diffusion_nnunet.training`.
 """
-from diffusion_nnunet.training import registry as _registry
+from diffusion_nnunet.configs import trainer_registry as _registry
 
 for _entry in _registry.available().values():
     globals()[_entry.cls.__name__] = _entry.cls

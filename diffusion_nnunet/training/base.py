@@ -30,8 +30,8 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.configs.training_config import TrainingConfig
 from diffusion_nnunet.training import distributed
-from diffusion_nnunet.training.config import TrainingConfig
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
 from diffusion_nnunet.training.fold_state import CROSS_VALIDATION_FOLDS  # noqa: F401 - also exported here
 from dnnunet_core.atomic import atomic_path, write_json
@@ -91,8 +91,8 @@ class DnnTrainer(nnUNetTrainer):
     @classmethod
     def default_config(cls) -> TrainingConfig:
         """The config before user overrides: TrainingConfig's defaults plus the registry entry's."""
-        from diffusion_nnunet.training.config import merge_config_values
-        from diffusion_nnunet.training.registry import overrides_for
+        from diffusion_nnunet.configs.trainer_registry import overrides_for
+        from diffusion_nnunet.configs.training_config import merge_config_values
 
         return TrainingConfig.from_dict(merge_config_values(TrainingConfig().to_dict(), overrides_for(cls)))
 

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
+from diffusion_nnunet.configs.trainer_registry import register_variant
+from diffusion_nnunet.configs.training_config import DiffusionConfig, TrainingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.denoiser import build_denoiser
 from diffusion_nnunet.training import strategies
 from diffusion_nnunet.training.base import DnnTrainer
-from diffusion_nnunet.training.config import DiffusionConfig, TrainingConfig
-from diffusion_nnunet.training.registry import register_variant
 from diffusion_nnunet.training.timestep_sampling import TimestepSampler
 from dnnunet_core.atomic import write_json
 from dnnunet_core.quiet import nnunet_output_to_log

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion_nnunet.training import cascade, distributed, fold_lock, fold_state, registry
+from diffusion_nnunet.configs import trainer_registry as registry
+from diffusion_nnunet.configs.training_config import TrainingConfig, merge_config_values
+from diffusion_nnunet.training import cascade, distributed, fold_lock, fold_state
 from diffusion_nnunet.training.base import CONFIG_FILE, PREVIOUS_CHECKPOINT
-from diffusion_nnunet.training.config import TrainingConfig, merge_config_values
 from dnnunet_core import paths
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.paths import find_dataset_folder

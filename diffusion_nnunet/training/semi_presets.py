@@ -56,7 +56,7 @@ def semi_overrides(trainer: str, preset: str | None, teacher: str | None = None,
     Raises:
         UserInputError: unknown preset or trainer.
     """
-    from diffusion_nnunet.training import registry
+    from diffusion_nnunet.configs import trainer_registry as registry
 
     values = preset_values(preset)
     if values:

@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
+from diffusion_nnunet.configs.trainer_registry import register_variant
+from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
 from diffusion_nnunet.training import distributed
-from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
 from diffusion_nnunet.training.lr_warmup import warmup_factor, warmup_iterations
-from diffusion_nnunet.training.registry import register_variant
 from diffusion_nnunet.training.semi_losses import (
     RoundSettings,
     cotraining_loss,

@@ -352,7 +352,7 @@ def _fixed_batch_trainer_class():
 def _train_on_fixed_batches(device: torch.device, batches_file: str, fold: int, init_file: str,
                             validate: bool = False) -> None:
     """One single-process run, or one rank of a multi-process run (called in each process)."""
-    from diffusion_nnunet.training.config import TrainingConfig
+    from diffusion_nnunet.configs.training_config import TrainingConfig
     from diffusion_nnunet.training.run import load_plans
     from dnnunet_core import paths
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig, merge_config_values
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.training import semi_supervised
-from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig, merge_config_values
 from diffusion_nnunet.training.lr_warmup import warmup_factor, warmup_iterations
 from diffusion_nnunet.training.semi_losses import (
     RoundSettings,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig, merge_config_values
+from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig, merge_config_values
 from diffusion_nnunet.training.semi_presets import PRESETS
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "semi_supervised.py"

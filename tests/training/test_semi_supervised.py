@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from diffusion_nnunet.configs import trainer_registry as registry
+from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair, build_twin
-from diffusion_nnunet.training import registry, semi_losses
-from diffusion_nnunet.training.config import SemiSupervisedConfig, TrainingConfig
+from diffusion_nnunet.training import semi_losses
 from diffusion_nnunet.training.semi_losses import (
     IGNORE,
     RoundSettings,

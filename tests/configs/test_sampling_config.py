@@ -1,4 +1,4 @@
-"""Typed sampling settings (diffusion_nnunet.inference.sampling_config)."""
+"""Typed sampling settings (diffusion_nnunet.configs.sampling_config)."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.inference.predictor import predict_folder
-from diffusion_nnunet.inference.sampling_config import SamplingConfig
 from dnnunet_core.errors import UserInputError
 
 
