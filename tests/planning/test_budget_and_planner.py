@@ -1,15 +1,13 @@
 """Planning math: budgets, the cost model, and plans for 2D and anisotropic 3D data."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from dnnunet_core.errors import UserInputError
 from planning.budget import PRESETS, estimate_seconds_per_iteration, get_budget, unet_forward_flops
 from planning.planner import BudgetedPlanner
+from tests.planning.helpers import _fake_dataset
 
 ARCH_2D = {
     "n_stages": 3, "features_per_stage": (8, 16, 32), "kernel_sizes": [[3, 3]] * 3,
@@ -47,29 +45,6 @@ def test_get_budget():
         get_budget("tpu-huge")
     with pytest.raises(UserInputError):
         get_budget("cpu-small", seconds_per_iteration=0)
-
-
-def _fake_dataset(nnunet_dirs, name, shape_zyx, spacing_zyx, n_cases=20, labels=("background", "a", "b")):
-    """A raw dataset with one real tiny image (nnU-Net reads one to pick the reader) and a fingerprint."""
-    raw = nnunet_dirs["nnUNet_raw"] / name
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    img = sitk.GetImageFromArray(np.zeros((2, 4, 4), np.float32))
-    sitk.WriteImage(img, str(raw / "imagesTr" / "case_000_0000.nii.gz"))
-    sitk.WriteImage(sitk.Cast(img, sitk.sitkUInt8), str(raw / "labelsTr" / "case_000.nii.gz"))
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(labels)},
-        "numTraining": n_cases, "file_ending": ".nii.gz"}))
-    pre = nnunet_dirs["nnUNet_preprocessed"] / name
-    pre.mkdir()
-    (pre / "dataset_fingerprint.json").write_text(json.dumps({
-        "spacings": [list(spacing_zyx)] * n_cases, "shapes_after_crop": [list(shape_zyx)] * n_cases,
-        "median_relative_size_after_cropping": 1.0,
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 1000.0, "mean": 50.0, "median": 40.0, "min": -1000.0, "percentile_00_5": -900.0,
-            "percentile_99_5": 900.0, "std": 100.0}},
-    }))
-    return name
 
 
 def _plan(name, budget):

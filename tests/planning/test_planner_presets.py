@@ -18,7 +18,7 @@ from dnnunet_core.errors import UserInputError
 from planning.budget import get_budget, unet_forward_flops
 from planning.planner import BudgetedPlanner, BudgetMixin, budgeted
 from planning.planner_presets import PLANNERS, get_planner_preset, plans_name_for
-from tests.planning.test_budget_and_planner import _fake_dataset
+from tests.planning.helpers import _fake_dataset
 
 RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 

@@ -12,22 +12,7 @@ import SimpleITK as sitk
 from dnnunet_core.errors import InvalidDataError
 from planning.checks import ValidationReport, validate_raw_dataset
 from tests.helpers import CASES, LABELS, SIZE_2D, SIZE_3D, image_array, label_array, make_dataset, write_image
-
-
-def set_json(folder: Path, **changes) -> None:
-    content = json.loads((folder / "dataset.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            content.pop(key, None)
-        else:
-            content[key] = value
-    (folder / "dataset.json").write_text(json.dumps(content, indent=2))
-
-
-def error_of(folder: Path, **kwargs) -> str:
-    with pytest.raises(InvalidDataError) as info:
-        validate_raw_dataset(folder, **kwargs)
-    return str(info.value)
+from tests.planning.helpers import error_of, set_json
 
 
 @pytest.fixture

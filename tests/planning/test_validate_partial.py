@@ -5,7 +5,7 @@ import pytest
 
 from planning.checks import validate_raw_dataset
 from tests.helpers import SIZE_3D, image_array, make_dataset, write_image
-from tests.planning.test_validate import error_of, set_json
+from tests.planning.helpers import error_of, set_json
 
 
 @pytest.fixture

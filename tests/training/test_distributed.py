@@ -182,7 +182,7 @@ def _pair_closure_gradients(device: torch.device, out_file: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from diffusion_nnunet.networks.twin import CoTrainPair
-    from tests.training.test_semi_supervised import SHAPE, C, tiny_twin
+    from tests.training.helpers import SHAPE, C, tiny_twin
 
     pair = CoTrainPair(tiny_twin(0), tiny_twin(1))
     g = torch.Generator().manual_seed(5)

@@ -11,7 +11,7 @@ import torch
 from diffusion_nnunet.configs import trainer_registry as registry
 from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
-from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair, build_twin
+from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair
 from diffusion_nnunet.training import semi_losses
 from diffusion_nnunet.training.semi_losses import (
     IGNORE,
@@ -31,10 +31,7 @@ from diffusion_nnunet.training.semi_losses import (
 from diffusion_nnunet.training.semi_supervised import resolve_teacher_checkpoint
 from diffusion_nnunet.training.unlabelled_data import _DropTarget, build_unlabelled_loader, images_only
 from dnnunet_core.errors import UserInputError
-from tests.networks.test_denoiser import _cfg
-
-C, IMG = 3, 1
-SHAPE = (2, IMG, 32, 32)
+from tests.training.helpers import IMG, SHAPE, C, tiny_twin
 
 
 class NoLabel:
@@ -45,14 +42,6 @@ class NoLabel:
 
     def __bool__(self):
         raise AssertionError("an unlabelled batch's target was read (bool)")
-
-
-def tiny_twin(seed=0):
-    torch.manual_seed(seed)
-    a = _cfg("2d")["architecture"]
-    cm = SimpleNamespace(network_arch_class_name=a["network_class_name"], network_arch_init_kwargs=a["arch_kwargs"],
-                         network_arch_init_kwargs_req_import=a["_kw_requires_import"])
-    return build_twin(cm, IMG, C, time_embed_dim=16)
 
 
 def rounds(r, steps=2, chain=True, weight=1.0):
