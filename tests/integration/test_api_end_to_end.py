@@ -18,7 +18,7 @@ from tests.conftest import stock_copy
 
 pytestmark = pytest.mark.slow
 
-API_DOC = Path(__file__).parents[1] / "docs" / "api.md"
+API_DOC = Path(__file__).parents[2] / "docs" / "api.md"
 
 
 def _read(path):
