@@ -106,7 +106,7 @@ def _link_files(sources: list[Path], target: Path) -> Path:
 def _diffusion_models(dataset_name: str, configuration: str, nnunet: Path) -> list[Path]:
     """Every trained diffusion model folder of this dataset and configuration."""
     from diffusion_nnunet.configs import trainer_registry as registry
-    from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+    from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
 
     plans_name = nnunet.name.split("__")[1] if nnunet.name.count("__") == 2 else DEFAULT_PLANS_NAME
     out = set()

@@ -15,7 +15,7 @@ from dnnunet_core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
-_BUILTIN_MODULES = ("diffusion_nnunet.training.baseline", "diffusion_nnunet.training.diffusion",
+_BUILTIN_MODULES = ("diffusion_nnunet.training.baseline", "diffusion_nnunet.training.diffusion_trainer",
                     "diffusion_nnunet.training.semi_supervised")
 ENTRY_POINT_GROUP = "diffusion_nnunet.trainers"
 

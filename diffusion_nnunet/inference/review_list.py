@@ -33,7 +33,7 @@ def is_diffusion_model(model_dir: str | Path) -> bool:
     import torch
 
     from diffusion_nnunet.inference.predictor import trainer_class_for
-    from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+    from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
     from dnnunet_core.errors import UserInputError
 
     first = next(iter(sorted(Path(model_dir).glob("fold_*/checkpoint_*.pth"))), None)

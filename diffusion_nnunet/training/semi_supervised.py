@@ -29,7 +29,7 @@ from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, Train
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
 from diffusion_nnunet.training import distributed
-from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
 from diffusion_nnunet.training.lr_warmup import warmup_factor, warmup_iterations
 from diffusion_nnunet.training.semi_losses import (
     RoundSettings,
