@@ -35,7 +35,8 @@ from dnnunet_core import paths
 from dnnunet_core.atomic import write_json, write_text
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.paths import find_dataset_folder
-from planning.planner import DEFAULT_PLANS_NAME, DEFAULT_TIMESTEPS
+from planning.plan_sections import diffusion_section
+from planning.planner import DEFAULT_PLANS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _diffusion_models(dataset_name: str, configuration: str, nnunet: Path) -> li
 
 def _timesteps(model: Path, configuration: str) -> int:
     plans = json.loads((model / "plans.json").read_text())
-    return int(plans["configurations"][configuration].get("diffusion", {}).get("timesteps", DEFAULT_TIMESTEPS))
+    return diffusion_section(plans["configurations"][configuration], model / "plans.json").timesteps
 
 
 def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), nnunet_model: str | Path | None = None,

@@ -4,6 +4,7 @@ import os
 import sys
 
 from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
+from diffusion_nnunet.diffusion.sampling import SAMPLERS
 
 
 def add_arguments(p):
@@ -34,7 +35,7 @@ def add_arguments(p):
     g.add_argument("--timesteps", type=int, default=None, help="T of the noise schedule (default: plans, 5)")
     g.add_argument("--timestep-sampling", choices=["uniform", "importance"], default=None,
                    help="how training timesteps are drawn (default uniform)")
-    g.add_argument("--val-sampler", choices=["ddpm", "ddim"], default=None, help="sampler for validation")
+    g.add_argument("--val-sampler", choices=SAMPLERS, default=None, help="sampler for validation")
     g.add_argument("--val-sampling-steps", type=int, default=None, help="reverse steps at validation (default T)")
     g = p.add_argument_group("semi-supervised trainers (semi_teacher, semi_cotrain, cps)")
     g.add_argument("--teacher", default=None, metavar="MODEL_FOLDER",

@@ -34,6 +34,7 @@ from diffusion_nnunet.inference.predictor import (
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.quiet import nnunet_output_to_log
+from planning.plan_sections import diffusion_section
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,10 @@ def proposed_num_samples(model_dir: str | Path) -> int:
 
     The configuration is the last part of nnU-Net's folder name `<Trainer>__<Plans>__<configuration>`.
     """
-    model_dir = Path(model_dir)
-    plans = json.loads((model_dir / "plans.json").read_text())
-    configuration = plans["configurations"].get(model_dir.name.split("__")[-1], {})
-    return int(configuration.get("diffusion", {}).get("num_samples", 1))
+    plans_file = Path(model_dir) / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    configuration = plans["configurations"].get(Path(model_dir).name.split("__")[-1], {})
+    return diffusion_section(configuration, plans_file).num_samples
 
 
 def predict_with_ensemble(nnunet_model: str | Path, diffusion_model: str | Path, input_dir: str | Path,

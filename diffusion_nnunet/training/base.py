@@ -36,6 +36,7 @@ from diffusion_nnunet.training.ddp_loss import make_shard_aware
 from diffusion_nnunet.training.fold_state import CROSS_VALIDATION_FOLDS  # noqa: F401 - also exported here
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
+from planning.plan_sections import training_budget_section
 from planning.preprocessing_state import check_splits
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,14 @@ class DnnTrainer(nnUNetTrainer):
 
         return TrainingConfig.from_dict(merge_config_values(TrainingConfig().to_dict(), overrides_for(cls)))
 
+    @property
+    def plans_file(self) -> Path:
+        """The plans file this trainer's plans came from (named in errors about them)."""
+        return Path(self.preprocessed_dataset_folder_base) / f"{self.plans_manager.plans_identifier}.json"
+
     def apply_config(self, config: TrainingConfig) -> None:
         """Resolve `config` against the plans' budget and set nnU-Net's attributes from it."""
-        cfg = config.resolved(self.configuration_manager.configuration)
+        cfg = config.resolved(self.configuration_manager.configuration, self.plans_file)
         self.config = cfg
         # recorded in the checkpoint's init_args, so predictors can rebuild the network the config describes
         self.my_init_kwargs["dnnunet_config"] = cfg.to_dict()
@@ -368,12 +374,12 @@ class DnnTrainer(nnUNetTrainer):
             self._write_stats()
 
     def _write_stats(self) -> None:
-        budget = self.configuration_manager.configuration.get("training_budget", {})
+        budget = training_budget_section(self.configuration_manager.configuration, self.plans_file)
         measured = self.seconds_per_iteration
         write_json({
             "seconds_per_iteration_per_epoch": measured,
             "median_seconds_per_iteration": float(np.median(measured)) if measured else None,
-            "estimated_seconds_per_iteration": budget.get("estimated_seconds_per_iteration"),
+            "estimated_seconds_per_iteration": budget.estimated_seconds_per_iteration,
             "device": str(self.device),
             "num_processes": distributed.world_size(),
             "epochs_done": self.current_epoch,

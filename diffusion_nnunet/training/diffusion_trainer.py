@@ -22,7 +22,7 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from diffusion_nnunet.configs.trainer_registry import register_variant
 from diffusion_nnunet.configs.training_config import DiffusionConfig, TrainingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input
 from diffusion_nnunet.networks.denoiser import build_denoiser
 from diffusion_nnunet.training import strategies
 from diffusion_nnunet.training.base import DnnTrainer
@@ -99,7 +99,7 @@ class DnnDiffusionTrainer(DnnTrainer):
                                        enable_deep_supervision)
 
     def _net_input(self, image: torch.Tensor, x_t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
-        parts = [image, (x_t.clamp(-1, 1) + 1) / 2]
+        parts = [image, network_mask_input(x_t)]
         if self.diffusion.strategy == "self_condition":
             parts.append(torch.zeros_like(x_t) if self_cond is None else self_cond)
         return torch.cat(parts, 1)

@@ -26,7 +26,7 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
 from diffusion_nnunet.configs.trainer_registry import register_variant
 from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input, x0_from_logits
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
@@ -125,7 +125,7 @@ class _SemiBase(DnnDiffusionTrainer):
         else:
             t = self.schedule.num_steps - 1
         x_t = self.schedule.q_sample(zeros, t)
-        return model.seg_logits(image, (x_t.clamp(-1, 1) + 1) / 2, self.schedule.network_time(t))
+        return model.seg_logits(image, network_mask_input(x_t), self.schedule.network_time(t))
 
     def train_segment(self, model: TwinPathwayNet, image: torch.Tensor) -> torch.Tensor:
         """`segment` as the training losses call it (a random step with ``seg_random_t``)."""
@@ -219,8 +219,8 @@ class SemiTeacherTrainer(_SemiBase):
                      training: bool = False) -> torch.Tensor:
         """``L_rec`` of the images from the teacher's own mask p = softmax(Seg(I)) (gradient into Seg)."""
         model = model or self._module()
-        probs = torch.softmax(self.train_segment(model, image) if training else self.segment(model, image), 1)
-        return reconstruction_loss(model.rec_eps, image, 2 * probs - 1, self.rec_schedule)
+        logits = self.train_segment(model, image) if training else self.segment(model, image)
+        return reconstruction_loss(model.rec_eps, image, x0_from_logits(logits), self.rec_schedule)
 
     def semi_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         # labelled and unlabelled images are all just images here; draw from each in proportion
