@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
@@ -130,12 +131,21 @@ class DiffusionPredictor(DnnPredictor):
         manager = self.label_manager
         return LabelSpace.from_label_manager(getattr(manager, "_lm", manager))  # WideLabels wraps it
 
-    def set_diffusion(self, schedule: NoiseSchedule, self_condition: bool) -> None:
-        """The training schedule and whether the network takes self-conditioning channels."""
+    def apply_spec(self, spec: InferenceSpec) -> None:
+        """The model's training schedule, whether its network takes self-conditioning channels, and
+        its default step count where none was asked for (configs/inference_spec.py).
+
+        Raises:
+            UserInputError: `num_steps` outside 1..T.
+            ValueError: an nnU-Net model's spec (no schedule).
+        """
+        schedule = spec.schedule()
         if self.num_steps is not None and not 1 <= self.num_steps <= schedule.num_steps:
             raise UserInputError(f"--steps must be in 1..{schedule.num_steps} (the model was trained with "
                                  f"T = {schedule.num_steps}), got {self.num_steps}")
-        self.schedule, self.self_condition = schedule, self_condition
+        self.schedule, self.self_condition = schedule, spec.self_conditioning
+        if self.num_steps is None:
+            self.num_steps = spec.default_steps
 
     @property
     def uncertainty(self) -> bool:

@@ -27,6 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
 
 from diffusion_nnunet.configs import trainer_registry as registry
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.configs.training_config import TrainingConfig
 from diffusion_nnunet.inference import cascade
@@ -38,7 +39,6 @@ from diffusion_nnunet.inference.output_folder import (
     prediction_settings,
     refuse_output_inside_input,
 )
-from diffusion_nnunet.training.base import DnnTrainer
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
@@ -64,6 +64,30 @@ def model_folder(dataset: str, trainer: str, configuration: str, plans_name: str
     if not folder.is_dir():
         raise UserInputError(f"no trained model at {folder}; train it with `dnnunet train` first")
     return folder
+
+
+def predictor_kind(trainer_name: str) -> str:
+    """"nnunet" or "diffusion": the predictor a checkpoint's trainer needs (its registry entry;
+    stock nnunetv2 trainers are nnU-Net models).
+
+    Raises:
+        UserInputError: neither one of ours nor a stock nnunetv2 trainer.
+    """
+    entry = registry.find_entry(trainer_name)
+    if entry is not None:
+        return entry.predictor
+    trainer_class_for(trainer_name)  # a stock trainer, or refused
+    return "nnunet"
+
+
+def predictor_class(kind: str) -> type:
+    """The predictor class of a `predictor_kind`."""
+    if kind == "diffusion":
+        # imported here: diffusion_predictor builds on this module's DnnPredictor
+        from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
+
+        return DiffusionPredictor
+    return DnnPredictor
 
 
 def trainer_class_for(trainer_name: str) -> type:
@@ -163,22 +187,32 @@ class DnnPredictor(nnUNetPredictor):
             parameters.append(checkpoint["network_weights"])
 
         configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-        trainer_class = trainer_class_for(checkpoint["trainer_name"])
+        entry = registry.find_entry(checkpoint["trainer_name"])  # old checkpoints name the class only
         num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        if issubclass(trainer_class, DnnTrainer):
+        if entry is not None:
             config = TrainingConfig.from_dict(checkpoint["init_args"].get("dnnunet_config", {}))
-            network = trainer_class.network_for_inference(plans_manager, configuration_manager, num_inputs,
-                                                          num_outputs, config)
-            trainer_class.configure_predictor(self, config)
+            network = entry.cls.network_for_inference(plans_manager, configuration_manager, num_inputs,
+                                                      num_outputs, config)
+            self.apply_spec(entry.inference_spec(config))
         else:  # a stock nnunetv2 trainer
-            network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
-                                                               num_outputs, enable_deep_supervision=False)
+            network = trainer_class_for(checkpoint["trainer_name"]).build_network_architecture(
+                plans_manager, configuration_manager, num_inputs, num_outputs, enable_deep_supervision=False)
         for f, weights in zip(([use_folds] if isinstance(use_folds, str) else use_folds), parameters):  # all now
             load_weights(network, weights, folder / f"fold_{f}" / checkpoint_name, folder)
         network.load_state_dict(parameters[0])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                    checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
+
+    def apply_spec(self, spec: InferenceSpec) -> None:
+        """Take what the model's registry entry says of it (nothing beyond the network for nnU-Net models).
+
+        Raises:
+            ValueError: a diffusion model's spec (it needs `DiffusionPredictor`).
+        """
+        if spec.is_diffusion:
+            raise ValueError(f"{type(self).__name__} cannot predict with a diffusion model: use DiffusionPredictor "
+                             f"(load_predictor chooses it from the model's registry entry)")
 
     def check_cases(self, cases: list[str]) -> None:
         """Refuse, before any compute, inputs this predictor cannot use (none beyond the images here)."""
@@ -234,15 +268,14 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
     first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
     if first is None:
         raise UserInputError(f"no fold_*/{checkpoint_name} in {model_dir}: is this a trained nnU-Net model folder?")
-    trainer_class = trainer_class_for(read_checkpoint(first)["trainer_name"])
-    predictor_class = trainer_class.predictor_class() if issubclass(trainer_class, DnnTrainer) else DnnPredictor
+    kind = predictor_kind(read_checkpoint(first)["trainer_name"])
     sampling = SamplingConfig.from_options(diffusion_options)
     options = sampling.predictor_arguments()
-    if options and predictor_class is DnnPredictor:
+    if options and kind != "diffusion":
         logger.warning("%s is not a diffusion model: ignoring %s", model_dir, sorted(options))
         options = {}
     with nnunet_output_to_log(logger):
-        predictor = predictor_class(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+        predictor = predictor_class(kind)(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False,
                                     tile_batch=sampling.tile_batch, **options)
