@@ -85,12 +85,13 @@ def validate_fold(validation: FoldValidation, save_probabilities: bool = False) 
     label_manager = predictor.label_manager
     out_dir = Path(validation.output_folder)
     out_dir.mkdir(parents=True, exist_ok=True)
-    step_counts = None
+    step_counts, steps_run = None, None
     for key in validation.cases.identifiers:
         data, seg, _, properties = validation.cases.load_case(key)
         with torch.no_grad():
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-        per_step = predictor.last_per_step  # (K, C, *spatial) log-probabilities, first = first step run
+            sampled = predictor.sample_image(torch.from_numpy(np.asarray(data[:])))
+        logits, steps_run = sampled.logits, sampled.steps_run
+        per_step = sampled.per_step  # (K, C, *spatial) log-probabilities, first = first step run
         ref = torch.from_numpy(np.asarray(seg[:]))[0]
         keep = None if space.ignore_label is None else ref != space.ignore_label
         # the predictor's per-step probabilities live on its device, the reference on the CPU
@@ -113,7 +114,7 @@ def validate_fold(validation: FoldValidation, save_probabilities: bool = False) 
         dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
         fg = dice if space.regions else dice[:, 1:]
         summary["dice_per_sampling_step"] = {
-            "sampler": validation.spec.sampler, "steps_run": predictor.last_steps_run,
+            "sampler": validation.spec.sampler, "steps_run": None if steps_run is None else list(steps_run),
             "mean_foreground_dice": fg.mean(1).round(5).tolist(),
             "per_class": fg.round(5).tolist(),
             "note": "Dice over all validation voxels in the preprocessed space, after each reverse step",

@@ -18,10 +18,7 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import save_pickle
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
@@ -39,6 +36,7 @@ from diffusion_nnunet.inference.output_folder import (
     prediction_settings,
     refuse_output_inside_input,
 )
+from diffusion_nnunet.nnunet_adapter import SlidingWindowPredictor, release_gaussian_cache
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
@@ -103,9 +101,9 @@ def trainer_class_for(trainer_name: str) -> type:
                              f"({', '.join(registry.available())}) nor a stock nnunetv2 trainer") from err
 
 
-class DnnPredictor(nnUNetPredictor):
+class DnnPredictor(SlidingWindowPredictor):
     """nnUNetPredictor that resolves trainer classes through our registry (see module docstring),
-    and whose sliding window runs several tiles per forward pass.
+    and whose sliding window runs several tiles per forward pass (`nnunet_adapter.SlidingWindowPredictor`).
 
     Args:
         tile_batch: tiles per forward pass (None: the plans' batch size, which the planner sized
@@ -132,36 +130,6 @@ class DnnPredictor(nnUNetPredictor):
         if self.tile_batch is not None:
             return self.tile_batch
         return max(1, int(self.configuration_manager.batch_size))
-
-    @torch.inference_mode()
-    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers,
-                                                       do_on_device: bool = True) -> torch.Tensor:
-        """nnU-Net's sliding window (same tiles, Gaussian, accumulation dtype), `tile_batch_size()`
-        tiles at a time: nnunetv2 passes one tile per forward pass, which leaves the batch dimension
-        of the convolutions unused."""
-        results_device = self.device if do_on_device else torch.device("cpu")
-        empty_cache(self.device)
-        data = data.to(results_device)
-        predicted = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
-                                device=results_device)
-        weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
-        gaussian = (compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
-                                     value_scaling_factor=10, device=results_device) if self.use_gaussian else 1)
-        per_pass = self.tile_batch_size()
-        for first in range(0, len(slicers), per_pass):
-            group = slicers[first:first + per_pass]
-            self._first_tile = first  # lets subclasses tell tiles apart (per-tile noise)
-            tiles = torch.stack([data[s] for s in group]).to(self.device)
-            predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
-            for s, prediction in zip(group, predictions):
-                if self.use_gaussian:
-                    prediction *= gaussian
-                predicted[s] += prediction
-                weights[s[1:]] += gaussian
-        torch.div(predicted, weights, out=predicted)
-        if torch.any(torch.isinf(predicted)):
-            raise RuntimeError("inf in the predicted array (nnU-Net's half-precision accumulation overflowed)")
-        return predicted
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
@@ -434,5 +402,5 @@ def _predict_cases(predictor: DnnPredictor, cases: list[str], input_dir: Path, o
                 os.replace(produced, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        compute_gaussian.cache_clear()
+        release_gaussian_cache()
 

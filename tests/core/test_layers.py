@@ -90,3 +90,11 @@ def test_the_static_check_sees_imports_inside_functions_and_relative_ones():
     names = _imported_modules(source, "diffusion_nnunet.inference")
     assert {"diffusion_nnunet.training.base", "diffusion_nnunet.inference.predictor",
             "diffusion_nnunet.training"} <= names
+
+
+def test_the_nnunet_adapter_imports_nothing_of_ours():
+    """`diffusion_nnunet/nnunet_adapter.py` sits below every package that uses it (networks too)."""
+    path = ROOT / "diffusion_nnunet" / "nnunet_adapter.py"
+    ours = sorted(n for n in _imported_modules(path.read_text(), "diffusion_nnunet")
+                  if n.split(".")[0] in ("diffusion_nnunet", "planning", "dnnunet_core"))
+    assert not ours, f"nnunet_adapter.py imports {ours}"
