@@ -107,13 +107,12 @@ def _link_files(sources: list[Path], target: Path) -> Path:
 def _diffusion_models(dataset_name: str, configuration: str, nnunet: Path) -> list[Path]:
     """Every trained diffusion model folder of this dataset and configuration."""
     from diffusion_nnunet.configs import trainer_registry as registry
-    from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
 
     plans_name = nnunet.name.split("__")[1] if nnunet.name.count("__") == 2 else DEFAULT_PLANS_NAME
     out = set()
     for entry in registry.available().values():
         folder = paths.trained_model_folder(dataset_name, entry.cls.__name__, plans_name, configuration)
-        if issubclass(entry.cls, DnnDiffusionTrainer) and any(folder.glob("fold_*/checkpoint_final.pth")):
+        if entry.predictor == "diffusion" and any(folder.glob("fold_*/checkpoint_final.pth")):
             out.add(folder)
     return sorted(out)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from tqdm.auto import tqdm
 
 from diffusion_nnunet.configs.sampling_config import SamplingConfig
@@ -31,6 +30,7 @@ from diffusion_nnunet.inference.predictor import (
     predict_folder,
     prediction_arguments,
 )
+from diffusion_nnunet.nnunet_adapter import release_gaussian_cache
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.quiet import nnunet_output_to_log
@@ -199,7 +199,7 @@ def _predict_cases_in_memory(nnunet: DnnPredictor, diffusion: DnnPredictor, case
     finally:
         for folder in staging.values():
             shutil.rmtree(folder, ignore_errors=True)
-        compute_gaussian.cache_clear()
+        release_gaussian_cache()
     for name in ("dataset.json", "plans.json"):  # as ensemble_folders: those of its first folder
         with atomic_path(folders["ensemble"] / name) as tmp:
             shutil.copyfile(folders["pd_ddpm"] / name, tmp)

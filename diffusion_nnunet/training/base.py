@@ -30,6 +30,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.training_config import TrainingConfig
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
@@ -66,6 +67,8 @@ class DnnTrainer(nnUNetTrainer):
     """
 
     show_progress: bool = True
+    # the predictor this trainer's models need (configs/inference_spec.py), read by the registry
+    predictor_kind: str = "nnunet"
     # DDP's gradient reduction waits for every parameter unless told that some may go unused
     ddp_find_unused_parameters: bool = False
 
@@ -126,14 +129,10 @@ class DnnTrainer(nnUNetTrainer):
                                               num_output_channels, enable_deep_supervision=False)
 
     @classmethod
-    def configure_predictor(cls, predictor, config: TrainingConfig) -> None:
-        """Give the predictor what it needs beyond the network (nothing for plain nnU-Net models)."""
-
-    @classmethod
-    def predictor_class(cls) -> type:
-        from diffusion_nnunet.inference.predictor import DnnPredictor
-
-        return DnnPredictor
+    def inference_spec(cls, config: TrainingConfig) -> InferenceSpec:
+        """How this trainer's models predict (config: the checkpoint's); the registry entry hands
+        it to the predictor (`TrainerEntry.inference_spec`). Plain nnU-Net models: nnU-Net's."""
+        return InferenceSpec(predictor=cls.predictor_kind)
 
     # ---------------------------------------------------------------- logging
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):

@@ -15,6 +15,7 @@ step unless `--steps` asks for more). See docs/semi_supervised.md for every choi
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.trainer_registry import register_variant
 from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input, x0_from_logits
@@ -106,10 +108,10 @@ class _SemiBase(DnnDiffusionTrainer):
 
     # ---------------------------------------------------------------- inference hooks
     @classmethod
-    def configure_predictor(cls, predictor, config: TrainingConfig) -> None:
-        predictor.set_diffusion(NoiseSchedule.linear(config.diffusion.timesteps), False)
-        if predictor.num_steps is None:  # Seg was trained at the noisiest step: one-step sampling
-            predictor.num_steps = config.diffusion.sampling_steps
+    def inference_spec(cls, config: TrainingConfig) -> InferenceSpec:
+        # Seg was trained at the noisiest step: one-step sampling unless a prediction asks for more
+        return dataclasses.replace(super().inference_spec(config), self_conditioning=False,
+                                   default_steps=config.diffusion.sampling_steps)
 
     # ---------------------------------------------------------------- Seg(I)
     def segment(self, model: TwinPathwayNet, image: torch.Tensor, random_t: bool = False) -> torch.Tensor:
