@@ -19,7 +19,7 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
 from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.trainer_registry import register_variant
-from diffusion_nnunet.configs.training_config import DiffusionConfig, TrainingConfig
+from diffusion_nnunet.configs.training_config import STRATEGIES, DiffusionConfig, TrainingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input
 from diffusion_nnunet.inference.fold_validation import FoldValidation, validate_fold
@@ -176,5 +176,5 @@ STRATEGY_TRAINERS = {
     name: register_variant(DnnDiffusionTrainer, name, f"DnnDiffusionTrainer_{name}",
                            description=f"diffusion head, {name.replace('_', ' ')} strategy",
                            diffusion={"strategy": name})
-    for name in ("standard", "self_condition", "recycle_next", "recycle")
+    for name in STRATEGIES
 }

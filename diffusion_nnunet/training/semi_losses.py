@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion_nnunet.configs.training_config import SemiSupervisedConfig
 from diffusion_nnunet.diffusion.sampling import sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule, mask_to_x0
 
@@ -215,9 +216,9 @@ def ddim_reconstruct(rec_eps: RecEps, mask_pm1: Tensor, image_shape: tuple[int, 
                   prediction_type="epsilon", clip_sample_range=clip).x0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RoundSettings:
-    """How the reconstruction rounds run (values of `SemiSupervisedConfig`).
+    """How the reconstruction rounds run (values of `SemiSupervisedConfig`: `from_config`).
 
     Args:
         rounds: R (0: no rounds).
@@ -257,6 +258,15 @@ class RoundSettings:
     copy_paste: float = 0.0
     rounds_on_mix: bool = False
     one_step: bool = False
+
+    @classmethod
+    def from_config(cls, semi: SemiSupervisedConfig, rec_schedule: NoiseSchedule) -> "RoundSettings":
+        """The settings of a semi-supervised config, with Rec's schedule (built from `rec_timesteps`)."""
+        return cls(rounds=semi.rounds, weight=semi.round_weight, chain=semi.chain_rounds, rec_schedule=rec_schedule,
+                   sampling_steps=semi.rec_sampling_steps, clip=semi.rec_clip, ce_weight=semi.ce_weight,
+                   start_step=semi.rec_start_step, rec_into_seg=semi.rec_into_seg, ramp_rounds=semi.ramp_rounds,
+                   pseudo_threshold=semi.pseudo_threshold, copy_paste=semi.copy_paste,
+                   rounds_on_mix=semi.rounds_on_mix, one_step=semi.rec_one_step)
 
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,

@@ -27,7 +27,7 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
 from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.trainer_registry import register_variant
-from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
+from diffusion_nnunet.configs.training_config import STRATEGIES, SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input, x0_from_logits
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
 from diffusion_nnunet.training import distributed
@@ -80,14 +80,14 @@ class _SemiBase(DnnDiffusionTrainer):
             raise UserInputError(
                 f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has region-based labels "
                 "(regions_class_order in dataset.json); the semi-supervised trainers work on classes (softmax) "
-                "only. Train the baseline or a diffusion trainer (standard, self_condition, recycle_next, recycle)")
+                f"only. Train the baseline or a diffusion trainer ({', '.join(STRATEGIES)})")
         if self.label_manager.has_ignore_label:
             # their losses (semi_losses.py) take dense labels: a mask of ignored voxels is not carried
             raise UserInputError(
                 f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has an ignore label "
                 f"({self.label_manager.ignore_label}, sparse annotations); the semi-supervised trainers need "
-                "dense labels. Train the baseline or a diffusion trainer (standard, self_condition, recycle_next, "
-                "recycle), which mask ignored voxels")
+                f"dense labels. Train the baseline or a diffusion trainer ({', '.join(STRATEGIES)}), which mask "
+                "ignored voxels")
 
     @classmethod
     def default_config(cls) -> TrainingConfig:
@@ -134,10 +134,7 @@ class _SemiBase(DnnDiffusionTrainer):
         return self.segment(model, image, random_t=self.semi.seg_random_t)
 
     def round_settings(self) -> RoundSettings:
-        s = self.semi
-        return RoundSettings(s.rounds, s.round_weight, s.chain_rounds, self.rec_schedule, s.rec_sampling_steps,
-                             s.rec_clip, s.ce_weight, s.rec_start_step, s.rec_into_seg, s.ramp_rounds,
-                             s.pseudo_threshold, s.copy_paste, s.rounds_on_mix, s.rec_one_step)
+        return RoundSettings.from_config(self.semi, self.rec_schedule)
 
     def _module(self):
         net = self.network.module if self.is_ddp else self.network
