@@ -38,6 +38,9 @@ def add_arguments(p):
                    help="how training timesteps are drawn (default uniform)")
     g.add_argument("--val-sampler", choices=SAMPLERS, default=None, help="sampler for validation")
     g.add_argument("--val-sampling-steps", type=int, default=None, help="reverse steps at validation (default T)")
+    g.add_argument("--denoiser", choices=["early", "late"], default=None,
+                   help="denoiser network: early (image and noisy mask concatenated at the input, default) or "
+                        "late (late fusion: image encoder once per tile; research, docs/diffusion.md)")
     g = p.add_argument_group("semi-supervised trainers (semi_teacher, semi_cotrain, cps)")
     g.add_argument("--teacher", default=None, metavar="MODEL_FOLDER",
                    help="semi_cotrain: results folder of the pre-trained semi_teacher model")
@@ -101,7 +104,7 @@ def run(args):
                  "num_val_iterations_per_epoch": args.val_iterations, "initial_lr": args.lr, "seed": args.seed,
                  "save_every": args.save_every, "collective_timeout_s": args.collective_timeout}
     diffusion = {"timesteps": args.timesteps, "timestep_sampling": args.timestep_sampling,
-                 "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps}
+                 "sampler": args.val_sampler, "sampling_steps": args.val_sampling_steps, "denoiser": args.denoiser}
     if any(v is not None for v in diffusion.values()):
         overrides["diffusion"] = diffusion
     from diffusion_nnunet.training.semi_presets import semi_overrides

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping
 
 from diffusion_nnunet.diffusion.sampling import SAMPLERS
+from diffusion_nnunet.networks.selection import DENOISERS
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
 from planning.plan_sections import diffusion_section, training_budget_section
@@ -30,6 +31,8 @@ class DiffusionConfig:
         sampling_steps: reverse steps at validation (None: all T).
         self_condition_probability: chance that the second pass gets the first pass's estimate.
         time_embed_dim: width of the timestep embedding.
+        denoiser: "early" (image and noisy mask concatenated at the input) or "late" (late fusion:
+            image encoder run once per tile, mask through a light encoder; networks/late_fusion.py).
     """
 
     strategy: str = "recycle"
@@ -39,10 +42,13 @@ class DiffusionConfig:
     sampling_steps: int | None = None
     self_condition_probability: float = 0.5
     time_embed_dim: int = 128
+    denoiser: str = "early"
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.denoiser not in DENOISERS:
+            raise UserInputError(f"unknown denoiser {self.denoiser!r}; choose one of {', '.join(DENOISERS)}")
         if self.sampler not in SAMPLERS:
             raise UserInputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.timestep_sampling not in ("uniform", "importance"):

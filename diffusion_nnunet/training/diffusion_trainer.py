@@ -23,7 +23,7 @@ from diffusion_nnunet.configs.training_config import STRATEGIES, DiffusionConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input
 from diffusion_nnunet.inference.fold_validation import FoldValidation, validate_fold
-from diffusion_nnunet.networks.denoiser import build_denoiser
+from diffusion_nnunet.networks.selection import build_selected_denoiser
 from diffusion_nnunet.training import strategies
 from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.timestep_sampling import TimestepSampler
@@ -68,13 +68,13 @@ class DnnDiffusionTrainer(DnnTrainer):
     def build_denoiser_for(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
                            config: TrainingConfig, enable_deep_supervision: bool = True):
         """The denoiser a config describes (also used by the predictor, from the checkpoint's config)."""
-        return build_denoiser(configuration_manager.network_arch_class_name,
-                              configuration_manager.network_arch_init_kwargs,
-                              configuration_manager.network_arch_init_kwargs_req_import,
-                              image_channels=num_input_channels, num_classes=num_output_channels,
-                              self_condition=config.diffusion.strategy == "self_condition",
-                              deep_supervision=enable_deep_supervision,
-                              time_embed_dim=config.diffusion.time_embed_dim)
+        return build_selected_denoiser(configuration_manager.network_arch_class_name,
+                                       configuration_manager.network_arch_init_kwargs,
+                                       configuration_manager.network_arch_init_kwargs_req_import,
+                                       image_channels=num_input_channels, num_classes=num_output_channels,
+                                       self_condition=config.diffusion.strategy == "self_condition",
+                                       deep_supervision=enable_deep_supervision,
+                                       time_embed_dim=config.diffusion.time_embed_dim, denoiser=config.diffusion.denoiser)
 
     @classmethod
     def network_for_inference(cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
