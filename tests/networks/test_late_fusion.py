@@ -12,7 +12,7 @@ from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.denoiser import DiffusionUNet
 from diffusion_nnunet.networks.late_fusion import LateFusionUNet
 from diffusion_nnunet.networks.selection import build_selected_denoiser
-from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
 from dnnunet_core.errors import UserInputError
 from tests.networks.helpers import PLANS, _cfg
 
