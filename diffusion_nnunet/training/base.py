@@ -103,7 +103,7 @@ class DnnTrainer(nnUNetTrainer):
     @property
     def plans_file(self) -> Path:
         """The plans file this trainer's plans came from (named in errors about them)."""
-        return Path(self.preprocessed_dataset_folder_base) / f"{self.plans_manager.plans_identifier}.json"
+        return Path(self.preprocessed_dataset_folder_base) / f"{self.plans_manager.plans_name}.json"
 
     def apply_config(self, config: TrainingConfig) -> None:
         """Resolve `config` against the plans' budget and set nnU-Net's attributes from it."""

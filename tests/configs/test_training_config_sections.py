@@ -18,3 +18,16 @@ def test_training_config_resolves_through_the_sections():
     assert TrainingConfig(diffusion=DiffusionConfig()).resolved({}, PLANS).diffusion.timesteps == 5
     with pytest.raises(InvalidDataError, match="dnnunetPlans.json: training_budget.num_epochs"):
         TrainingConfig().resolved({"training_budget": {"num_epochs": "many"}}, PLANS)
+
+
+def test_the_trainer_names_its_plans_file():
+    """`DnnTrainer.plans_file` from nnunetv2's own PlansManager (its plans name, not a made-up attribute)."""
+    from types import SimpleNamespace
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from diffusion_nnunet.training.base import DnnTrainer
+
+    trainer = SimpleNamespace(preprocessed_dataset_folder_base="/pre/Dataset001_X",
+                              plans_manager=PlansManager({"plans_name": "dnnunetPlans", "configurations": {}}))
+    assert str(DnnTrainer.plans_file.fget(trainer)) == "/pre/Dataset001_X/dnnunetPlans.json"
