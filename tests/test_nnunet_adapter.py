@@ -171,8 +171,10 @@ MODULE_LAYOUT = [
     # (class, attributes an instance has, where we read them)
     (UNetDecoder, ("stages", "transpconvs", "seg_layers", "deep_supervision", "num_classes"),
      "nnunet_adapter.unet_decoder_forward, networks/denoiser.py"),
-    (PlainConvEncoder, ("stages", "output_channels", "strides"), "networks/denoiser.py (_encode, budget)"),
-    (ResidualEncoder, ("stem", "stages", "output_channels", "strides"), "networks/denoiser.py (_encode)"),
+    (PlainConvEncoder, ("stages", "output_channels", "strides", "conv_op"),
+     "networks/denoiser.py (_encode, budget), the late-fusion denoiser (its fusion convs)"),
+    (ResidualEncoder, ("stem", "stages", "output_channels", "strides", "conv_op"),
+     "networks/denoiser.py (_encode), the late-fusion denoiser (its fusion convs)"),
     (StackedConvBlocks, ("convs",), "networks/denoiser.py (FiLM in a stage's first conv block)"),
     (ConvDropoutNormReLU, ("conv", "norm", "all_modules"), "networks/denoiser.py (FiLM after the norm)"),
 ]
