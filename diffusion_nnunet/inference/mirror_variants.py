@@ -36,8 +36,16 @@ class MirrorVariantPredictor(DnnPredictor):
     def __init__(self, case_scores: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.write_scores = case_scores
-        self.last_variant_probabilities: torch.Tensor | None = None
         self._variants: list[torch.Tensor] = []
+
+    @property
+    def last_variant_probabilities(self) -> torch.Tensor | None:
+        """The current case's variants, ``(V * folds, C, *preprocessed)``; None before its first fold.
+
+        Case state, not a side channel: nnU-Net's own loop runs every fold's sliding window and then
+        `export_case`, so the variants must outlive one call; `prepare_case` resets them.
+        """
+        return torch.cat(self._variants) if self._variants else None
 
     def _mirror_variants(self) -> list[tuple[int, ...]]:
         if not self.use_mirroring or not self.allowed_mirroring_axes:
@@ -57,7 +65,6 @@ class MirrorVariantPredictor(DnnPredictor):
         variants = out.float().reshape(v, c, *out.shape[1:])
         # softmax, or per-region sigmoid for region-based models (nnU-Net's inference nonlinearity)
         self._variants.append((torch.sigmoid(variants) if labels.has_regions else torch.softmax(variants, 1)).cpu())
-        self.last_variant_probabilities = torch.cat(self._variants)
         return variants.mean(0)
 
     @torch.inference_mode()
