@@ -117,10 +117,12 @@ def render_markdown(results: dict) -> str:
 
 
 def main() -> None:
+    from diffusion_nnunet.configs.training_config import STRATEGIES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["synthetic-us2d", "mni-tissue2d"])
     parser.add_argument("--trainers", nargs="+",
-                        default=["baseline", "standard", "self_condition", "recycle_next", "recycle"])
+                        default=["baseline", *STRATEGIES])
     parser.add_argument("--out", default="docs/benchmark_diffusion.json")
     parser.add_argument("--work", default="benchmark_work", help="data and predictions (DNNUNET_DATA inside)")
     parser.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,8 @@ from dnnunet_core import paths
 from dnnunet_core.atomic import write_json, write_text
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.paths import find_dataset_folder
-from planning.planner import DEFAULT_PLANS_NAME, DEFAULT_TIMESTEPS
+from planning.plan_sections import diffusion_section
+from planning.planner import DEFAULT_PLANS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -106,20 +107,19 @@ def _link_files(sources: list[Path], target: Path) -> Path:
 def _diffusion_models(dataset_name: str, configuration: str, nnunet: Path) -> list[Path]:
     """Every trained diffusion model folder of this dataset and configuration."""
     from diffusion_nnunet.configs import trainer_registry as registry
-    from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
 
     plans_name = nnunet.name.split("__")[1] if nnunet.name.count("__") == 2 else DEFAULT_PLANS_NAME
     out = set()
     for entry in registry.available().values():
         folder = paths.trained_model_folder(dataset_name, entry.cls.__name__, plans_name, configuration)
-        if issubclass(entry.cls, DnnDiffusionTrainer) and any(folder.glob("fold_*/checkpoint_final.pth")):
+        if entry.predictor == "diffusion" and any(folder.glob("fold_*/checkpoint_final.pth")):
             out.add(folder)
     return sorted(out)
 
 
 def _timesteps(model: Path, configuration: str) -> int:
     plans = json.loads((model / "plans.json").read_text())
-    return int(plans["configurations"][configuration].get("diffusion", {}).get("timesteps", DEFAULT_TIMESTEPS))
+    return diffusion_section(plans["configurations"][configuration], model / "plans.json").timesteps
 
 
 def find_best(dataset: str, configuration: str = "2d", folds: list[int] = (0,), nnunet_model: str | Path | None = None,

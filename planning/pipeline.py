@@ -18,6 +18,7 @@ from planning.budget import ComputeBudget
 from planning.checks import validate_raw_dataset
 from planning.fingerprint import extract_fingerprint
 from planning.plan_checks import refuse_untrainable_plans, warn_about_trained_models
+from planning.plan_sections import training_budget_section
 from planning.planner import budgeted
 from planning.planner_presets import DEFAULT_PLANNER, get_planner_preset, plans_name_for
 from planning.preprocessing_state import mark_complete, mark_incomplete
@@ -100,11 +101,11 @@ def plan_and_preprocess(dataset: str, budget: ComputeBudget, configurations: lis
     with nnunet_output_to_log(logger):
         plans = nnunet_planner.plan_experiment()
     for cfg, plan in plans["configurations"].items():
-        if "training_budget" in plan:
-            tb = plan["training_budget"]
+        tb = training_budget_section(plan, paths.preprocessed() / name / f"{plans_name}.json")
+        if tb.present:
             logger.info("%s: patch %s, batch %d, %d stages, ~%.3g s/iteration, %d epochs x %d iterations", cfg,
                         plan["patch_size"], plan["batch_size"], plan["architecture"]["arch_kwargs"]["n_stages"],
-                        tb["estimated_seconds_per_iteration"], tb["num_epochs"], tb["num_iterations_per_epoch"])
+                        tb.estimated_seconds_per_iteration, tb.num_epochs, tb.num_iterations_per_epoch)
     if preprocess:
         wanted = configurations or [c for c in plans["configurations"] if "cascade" not in c and "lowres" not in c]
         unknown = [c for c in wanted if c not in plans["configurations"]]

@@ -34,11 +34,11 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from planning.budget import ComputeBudget, estimate_seconds_per_iteration, unet_forward_flops
+from planning.plan_sections import DEFAULT_TIMESTEPS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PLANS_NAME = "dnnunetPlans"
-DEFAULT_TIMESTEPS = 5  # methods.md: T = 5 for training and sampling
 
 
 class BudgetMixin:

@@ -1,5 +1,6 @@
 """dnnunet predict"""
 from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments, fold
+from diffusion_nnunet.diffusion.sampling import SAMPLERS
 
 
 def add_arguments(p):
@@ -27,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--tile-batch", type=int, default=None,
                    help="sliding-window tiles per forward pass (default: from the plans' batch size)")
     g = p.add_argument_group("diffusion models")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="reverse process (default: ddpm)")
+    g.add_argument("--sampler", choices=SAMPLERS, default=None, help="reverse process (default: ddpm)")
     g.add_argument("--steps", type=int, default=None, help="reverse steps (default: all steps of training)")
     g.add_argument("--num-samples", type=int, default=None,
                    help="samples averaged per case (default: one per mirror variant, 4 in 2D and 8 in 3D, "

@@ -4,6 +4,8 @@ import os
 import sys
 
 from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
+from diffusion_nnunet.diffusion.sampling import SAMPLERS
+from planning.plan_sections import DEFAULT_TIMESTEPS
 
 
 def add_arguments(p):
@@ -31,10 +33,10 @@ def add_arguments(p):
     g.add_argument("--collective-timeout", type=float, default=None, metavar="SECONDS",
                    help="seconds a rank waits for the others in a collective before the run fails (default 1800)")
     g = p.add_argument_group("diffusion trainers")
-    g.add_argument("--timesteps", type=int, default=None, help="T of the noise schedule (default: plans, 5)")
+    g.add_argument("--timesteps", type=int, default=None, help=f"T of the noise schedule (default: plans, {DEFAULT_TIMESTEPS})")
     g.add_argument("--timestep-sampling", choices=["uniform", "importance"], default=None,
                    help="how training timesteps are drawn (default uniform)")
-    g.add_argument("--val-sampler", choices=["ddpm", "ddim"], default=None, help="sampler for validation")
+    g.add_argument("--val-sampler", choices=SAMPLERS, default=None, help="sampler for validation")
     g.add_argument("--val-sampling-steps", type=int, default=None, help="reverse steps at validation (default T)")
     g.add_argument("--denoiser", choices=["early", "late"], default=None,
                    help="denoiser network: early (image and noisy mask concatenated at the input, default) or "

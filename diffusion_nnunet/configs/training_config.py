@@ -1,18 +1,20 @@
 """The one place for training hyper-parameters: a typed config instead of one subclass per value.
 
-Values left as None come from the plans' `training_budget` section (written by the planner),
-then from nnU-Net's defaults.
+Values left as None come from the plans' `training_budget` and `diffusion` sections (written by
+the planner, read through `planning.plan_sections`), then from nnU-Net's defaults.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Mapping
 
 from diffusion_nnunet.diffusion.sampling import SAMPLERS
 from diffusion_nnunet.networks.selection import DENOISERS
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
+from planning.plan_sections import diffusion_section, training_budget_section
 
 STRATEGIES = ("standard", "self_condition", "recycle_next", "recycle")
 
@@ -48,7 +50,7 @@ class DiffusionConfig:
         if self.denoiser not in DENOISERS:
             raise UserInputError(f"unknown denoiser {self.denoiser!r}; choose one of {', '.join(DENOISERS)}")
         if self.sampler not in SAMPLERS:
-            raise UserInputError(f"unknown sampler {self.sampler!r}; choose ddpm or ddim")
+            raise UserInputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.timestep_sampling not in ("uniform", "importance"):
             raise UserInputError("timestep_sampling must be 'uniform' or 'importance'")
         if self.timesteps is not None and self.timesteps < 2:
@@ -188,16 +190,25 @@ class TrainingConfig:
     diffusion: DiffusionConfig | None = None
     semi: SemiSupervisedConfig | None = None
 
-    def resolved(self, plans_configuration: dict) -> "TrainingConfig":
-        """Fill None values from the configuration's `training_budget` (or nnU-Net's defaults)."""
-        budget = plans_configuration.get("training_budget", {})
-        defaults = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
+    def resolved(self, plans_configuration: Mapping, plans_file: str | Path = "plans.json") -> "TrainingConfig":
+        """Fill None values from the configuration's `training_budget` and `diffusion` sections
+        (`planning.plan_sections`: nnU-Net's defaults and T = 5 where the plans have none).
+
+        Args:
+            plans_configuration: the configuration's entry of the plans.
+            plans_file: where the plans came from, named in errors.
+
+        Raises:
+            InvalidDataError: a malformed section.
+            UserInputError: a resolved value out of range.
+        """
+        budget = training_budget_section(plans_configuration, plans_file)
         values = asdict(self)
-        for key, default in defaults.items():
+        for key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"):
             if values[key] is None:
-                values[key] = int(budget.get(key, default))
+                values[key] = getattr(budget, key)
         if values["diffusion"] is not None and values["diffusion"]["timesteps"] is None:
-            values["diffusion"]["timesteps"] = int(plans_configuration.get("diffusion", {}).get("timesteps", 5))
+            values["diffusion"]["timesteps"] = diffusion_section(plans_configuration, plans_file).timesteps
         out = TrainingConfig.from_dict(values)
         out.validate()
         return out

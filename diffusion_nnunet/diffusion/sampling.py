@@ -33,6 +33,16 @@ which other samples (tiles, mirror variants) share its batch.
 Self-conditioning at inference (Chen et al. 2022): with ``self_condition=True`` the denoiser is
 called as ``denoise(m_i, t_net_i, sc_i)`` with ``sc`` zeros at the first step run and the previous
 step's estimate mapped to [0, 1], ``(x0_hat_prev + 1) / 2 = p_prev``, afterwards.
+
+What the denoiser predicts (``prediction_type``, the name MONAI's and diffusers' schedulers use):
+
+* ``"sample"`` (default; the segmentation head): x0 as logits, on the mask input ``m_i``, as above.
+* ``"epsilon"`` (the semi-supervised Rec pathway, which draws images): ``eps = denoise(x_i,
+  t_net_i)`` on the state itself, and ``x0_hat = (x_i - sqrt(1 - abar_i) eps) / sqrt(abar_i)``.
+  There are no probabilities; the result is the final state ``x0`` (= the last x0 estimate).
+
+``clip_sample_range`` clips x0_hat to +-range before the step (None: not clipped; with epsilon at
+the noisiest step ``sqrt(abar)`` is tiny and amplifies the network's errors).
 """
 from __future__ import annotations
 
@@ -43,13 +53,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, mask_to_x0, network_mask_input
 
-__all__ = ["SAMPLERS", "SamplingResult", "sample", "pre_segmentation_x0"]
+__all__ = ["SAMPLERS", "PREDICTION_TYPES", "SamplingResult", "sample", "pre_segmentation_x0"]
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddpm", "ddim")
+PREDICTION_TYPES = ("sample", "epsilon")  # what the denoiser predicts: x0 (as logits) or the noise
 
 
 @dataclass
@@ -57,16 +68,21 @@ class SamplingResult:
     """Output of ``sample``.
 
     Args:
-        probabilities: softmax of the last step's logits, (B, C, *spatial).
+        probabilities: softmax of the last step's logits, (B, C, *spatial) (None with
+            ``prediction_type="epsilon"``).
         per_step: softmax probabilities after every step run, first = first step run (the
-            noisiest); ``per_step[-1] is probabilities``. None unless ``keep_steps``.
+            noisiest); ``per_step[-1] is probabilities``; with epsilon each step's x0 estimate.
+            None unless ``keep_steps``.
         steps_run: original training-step indices visited, descending (ends with the index of
             the sampling schedule's step 0, i.e. 0).
+        x0: the final state ``x_{-1}``, the last step's x0 estimate (with x0-prediction
+            ``2 probabilities - 1``).
     """
 
-    probabilities: Tensor
+    probabilities: Tensor | None
     per_step: list[Tensor] | None
     steps_run: list[int]
+    x0: Tensor | None = None
 
 
 def pre_segmentation_x0(probabilities: Tensor, soft: bool = False, regions: bool = False) -> Tensor:
@@ -84,11 +100,10 @@ def pre_segmentation_x0(probabilities: Tensor, soft: bool = False, regions: bool
     """
     p = probabilities if probabilities.is_floating_point() else probabilities.float()
     if soft:
-        return 2.0 * p - 1.0
+        return mask_to_x0(p)
     if regions:
-        return 2.0 * (p > 0.5).to(p.dtype) - 1.0
-    hard = torch.zeros_like(p).scatter_(1, p.argmax(1, keepdim=True), 1.0)
-    return 2.0 * hard - 1.0
+        return mask_to_x0((p > 0.5).to(p.dtype))
+    return mask_to_x0(torch.zeros_like(p).scatter_(1, p.argmax(1, keepdim=True), 1.0))
 
 
 @torch.no_grad()
@@ -96,7 +111,8 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
            num_steps: int | None = None, start_step: int | None = None, x0_start: Tensor | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None, keep_steps: bool = False, device=None,
            dtype: torch.dtype = torch.float32, self_condition: bool = False,
-           x_start: Tensor | None = None, regions: bool = False) -> SamplingResult:
+           x_start: Tensor | None = None, regions: bool = False, prediction_type: str = "sample",
+           clip_sample_range: float | None = None) -> SamplingResult:
     """Sample a segmentation by running the reverse process (see module docstring).
 
     Args:
@@ -119,12 +135,24 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
         x_start: explicit state at ``start_step`` (overrides noise and ``x0_start``).
         regions: region-based labels: per-channel sigmoid instead of the softmax
             (``diffusion.label_space``); the probabilities are then per region.
+        prediction_type: "sample" (x0 as logits, from the mask input) or "epsilon"
+            (``denoise(x_t, t_net) -> eps`` on the state; see module docstring).
+        clip_sample_range: clip each x0 estimate to +-this (None: no clipping).
 
     Returns:
         SamplingResult.
+
+    Raises:
+        ValueError: an unknown sampler or prediction type, self-conditioning or regions with
+            epsilon-prediction, a start step outside the sequence, shapes that do not match.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+    epsilon = prediction_type == "epsilon"
+    if epsilon and (self_condition or regions):
+        raise ValueError("self_condition and regions describe mask states: not with prediction_type='epsilon'")
     sched = schedule if num_steps is None else schedule.respace(int(num_steps))
     n = sched.num_steps
     k = n - 1 if start_step is None else int(start_step)
@@ -155,12 +183,18 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
     probs = None
     for i in range(k, -1, -1):
         t_net = sched.network_time(torch.full((batch,), i, dtype=torch.long, device=device))
-        m_t = network_mask_input(x)
-        logits = denoise(m_t, t_net, sc) if self_condition else denoise(m_t, t_net)
-        if tuple(logits.shape) != shape:
-            raise ValueError(f"denoise returned shape {tuple(logits.shape)}, expected {shape}")
-        probs = torch.sigmoid(logits.to(dtype)) if regions else torch.softmax(logits.to(dtype), dim=1)
-        x0_hat = 2.0 * probs - 1.0
+        if epsilon:
+            eps = _checked(denoise(x, t_net), shape, "denoise's output").to(dtype)
+            abar = float(sched.alphas_cumprod[i])
+            x0_hat = (x - (1 - abar) ** 0.5 * eps) / abar ** 0.5
+        else:
+            m_t = network_mask_input(x)
+            logits = _checked(denoise(m_t, t_net, sc) if self_condition else denoise(m_t, t_net), shape,
+                              "denoise's output")
+            probs = torch.sigmoid(logits.to(dtype)) if regions else torch.softmax(logits.to(dtype), dim=1)
+            x0_hat = mask_to_x0(probs)
+        if clip_sample_range is not None:
+            x0_hat = x0_hat.clamp(-clip_sample_range, clip_sample_range)
         if sampler == "ddpm" and isinstance(generator, (list, tuple)) and i > 0:
             # NoiseSchedule.ddpm_step draws from one generator; per-element noise is added here
             mean, var = sched.posterior_mean_variance(x0_hat, x, i)
@@ -172,9 +206,9 @@ def sample(denoise: Callable[..., Tensor], shape: tuple, schedule: NoiseSchedule
         if self_condition:
             sc = probs  # == (x0_hat + 1) / 2
         if per_step is not None:
-            per_step.append(probs)
+            per_step.append(x0_hat if epsilon else probs)
         steps_run.append(int(sched.timesteps[i]))
-    return SamplingResult(probabilities=probs, per_step=per_step, steps_run=steps_run)
+    return SamplingResult(probabilities=probs, per_step=per_step, steps_run=steps_run, x0=x)
 
 
 def _randn(shape: tuple, generator, device, dtype) -> Tensor:

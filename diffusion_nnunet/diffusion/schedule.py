@@ -156,7 +156,7 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def linear(cls, num_steps: int = 5, fine_steps: int = 1001, beta_start: float = 1e-4,
+    def linear(cls, num_steps: int, fine_steps: int = 1001, beta_start: float = 1e-4,
                beta_end: float = 0.02) -> "NoiseSchedule":
         """Training schedule: linear betas over ``fine_steps``, re-spaced to ``num_steps``.
 
@@ -165,7 +165,8 @@ class NoiseSchedule:
         ``num_train_steps`` is ``num_steps``.
 
         Args:
-            num_steps: T, the number of training (and full sampling) steps.
+            num_steps: T, the number of training (and full sampling) steps (the plans'
+                `diffusion.timesteps`; `planning.plan_sections.DEFAULT_TIMESTEPS` where they have none).
             fine_steps: number of fine linear-beta steps the schedule is re-spaced from.
             beta_start: first fine beta.
             beta_end: last fine beta.

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from tqdm.auto import tqdm
 
 from diffusion_nnunet.configs.sampling_config import SamplingConfig
@@ -31,9 +30,11 @@ from diffusion_nnunet.inference.predictor import (
     predict_folder,
     prediction_arguments,
 )
+from diffusion_nnunet.nnunet_adapter import release_gaussian_cache
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
 from dnnunet_core.quiet import nnunet_output_to_log
+from planning.plan_sections import diffusion_section
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,10 @@ def proposed_num_samples(model_dir: str | Path) -> int:
 
     The configuration is the last part of nnU-Net's folder name `<Trainer>__<Plans>__<configuration>`.
     """
-    model_dir = Path(model_dir)
-    plans = json.loads((model_dir / "plans.json").read_text())
-    configuration = plans["configurations"].get(model_dir.name.split("__")[-1], {})
-    return int(configuration.get("diffusion", {}).get("num_samples", 1))
+    plans_file = Path(model_dir) / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    configuration = plans["configurations"].get(Path(model_dir).name.split("__")[-1], {})
+    return diffusion_section(configuration, plans_file).num_samples
 
 
 def predict_with_ensemble(nnunet_model: str | Path, diffusion_model: str | Path, input_dir: str | Path,
@@ -198,7 +199,7 @@ def _predict_cases_in_memory(nnunet: DnnPredictor, diffusion: DnnPredictor, case
     finally:
         for folder in staging.values():
             shutil.rmtree(folder, ignore_errors=True)
-        compute_gaussian.cache_clear()
+        release_gaussian_cache()
     for name in ("dataset.json", "plans.json"):  # as ensemble_folders: those of its first folder
         with atomic_path(folders["ensemble"] / name) as tmp:
             shutil.copyfile(folders["pd_ddpm"] / name, tmp)

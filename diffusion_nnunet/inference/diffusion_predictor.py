@@ -1,15 +1,15 @@
 """Sliding-window prediction with a diffusion model: the sampler runs per tile.
 
-nnU-Net's sliding window calls `_internal_maybe_mirror_and_predict` once per tile and averages
-what it returns with Gaussian weights. Here that call runs the reverse process (N samples, and
-each mirroring when enabled), averages the samples' softmax probabilities and returns their
-logarithm: `export_prediction_from_logits` applies a softmax, which turns log-probabilities back
+nnU-Net's sliding window (`nnunet_adapter.SlidingWindowPredictor`) calls `predict_tiles` once per
+batch of tiles and averages what it returns with Gaussian weights. Here that call runs the reverse
+process (N samples, and each mirroring when enabled), averages the samples' softmax probabilities
+and returns their logarithm: `export_prediction_from_logits` applies a softmax, which turns log-probabilities back
 into the averaged probabilities. Where tiles overlap, the Gaussian-weighted mean of
 log-probabilities is a (normalised) geometric pooling of the tiles' probabilities.
 
 With `keep_steps=True` the tile result holds the probabilities after every reverse step
-(K x C channels); the sliding window then accumulates K x C channels, and `last_per_step`
-holds them per step for the last image.
+(K x C channels); the sliding window then accumulates K x C channels, and the image's
+`SampledImage.per_step` holds them per step (`last_per_step`: those of the last image).
 
 Samples are the test-time augmentation (`sample_mirroring="cycle"`, the default): with mirroring
 on, sample i runs on mirror variant i mod M (M = 4 in 2D, 8 in 3D), so the mean over samples is
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
@@ -41,11 +43,33 @@ from diffusion_nnunet.inference.uncertainty import (
     uncertainty_maps,
     write_uncertainty_maps,
 )
-from diffusion_nnunet.inference.wide_labels import WideLabels
+from diffusion_nnunet.nnunet_adapter import TileResult
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import InvalidDataError, UserInputError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampledImage:
+    """A diffusion model's sliding-window prediction of one preprocessed image.
+
+    Args:
+        logits: (C, *spatial) log-probabilities (regions: logits) of the mean over runs, of the
+            last step run; nnU-Net's softmax / sigmoid at export gives the probabilities back.
+        per_step: with `keep_steps`, (K, C, *spatial) the same after every step, first step first.
+        sample_statistics: with uncertainty, (2, *spatial) float32: the variance across runs and
+            the mean per-run entropy, each pooled over tiles with the Gaussian weights.
+        samples: with `keep_samples`, (R, C, *spatial) float32 probabilities of each run
+            (see `DiffusionPredictor`'s `last_samples`).
+        steps_run: the sampler's timesteps, in the order they ran.
+    """
+
+    logits: torch.Tensor
+    per_step: torch.Tensor | None = None
+    sample_statistics: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    steps_run: tuple[int, ...] | None = None
 
 
 class DiffusionPredictor(DnnPredictor):
@@ -84,7 +108,8 @@ class DiffusionPredictor(DnnPredictor):
         **kwargs: DnnPredictor's and nnUNetPredictor's arguments (tile_batch, tile_step_size,
             use_mirroring, device, ...).
 
-    Attributes:
+    Attributes (read-only, of the last image the sliding window predicted; `sample_image` returns
+    them as a `SampledImage`):
         last_samples: with `keep_samples`, a float32 tensor (R, C, *spatial) of the last predicted
             case (the last fold where several are used): the probabilities of each run (R = N
             samples with "cycle" or without mirroring; N x M, variant-major, with "product"), in
@@ -92,6 +117,8 @@ class DiffusionPredictor(DnnPredictor):
             tiles with the same Gaussian weights as the mean (in nnU-Net's half-precision
             accumulator). `samples_to_original` (presegmentation.py) maps them to the image.
         last_per_step: with `keep_steps`, (K, C, *spatial) log-probabilities per step.
+        last_sample_statistics: with uncertainty, (2, *spatial) variance and mean per-run entropy.
+        last_steps_run: the sampler's timesteps, in the order they ran.
     """
 
     def __init__(self, sampler: str = "ddpm", num_steps: int | None = None, num_samples: int | None = None,
@@ -105,7 +132,6 @@ class DiffusionPredictor(DnnPredictor):
         SamplingConfig(sampler=sampler, num_samples=num_samples, sample_mirroring=sample_mirroring)
         self.sampler, self.num_steps, self.num_samples = sampler, num_steps, num_samples
         self.sample_mirroring, self.keep_samples, self.autocast_dtype = sample_mirroring, keep_samples, autocast_dtype
-        self.last_samples: torch.Tensor | None = None
         self.keep_steps, self.seed = keep_steps or save_every_step, seed
         self.save_every_step = save_every_step
         self.presegmentation = None if presegmentation is None else Path(presegmentation)
@@ -116,26 +142,49 @@ class DiffusionPredictor(DnnPredictor):
         self._uncertainty = uncertainty
         self.overview_png_for = overview_png_for
         self.max_sample_batch = max_sample_batch
-        self.last_sample_statistics: torch.Tensor | None = None
         self.schedule: NoiseSchedule | None = None
         self.self_condition = False
-        self.last_per_step: torch.Tensor | None = None
-        self.last_steps_run: list[int] | None = None
+        self._last: SampledImage | None = None
         self._num_classes = 0
-        self._first_tile = 0
+
+    # ---------------------------------------------------------------- the last image's result
+    @property
+    def last_per_step(self) -> torch.Tensor | None:
+        return None if self._last is None else self._last.per_step
+
+    @property
+    def last_sample_statistics(self) -> torch.Tensor | None:
+        return None if self._last is None else self._last.sample_statistics
+
+    @property
+    def last_samples(self) -> torch.Tensor | None:
+        return None if self._last is None else self._last.samples
+
+    @property
+    def last_steps_run(self) -> list[int] | None:
+        steps = None if self._last is None else self._last.steps_run
+        return None if steps is None else list(steps)
 
     @property
     def label_space(self) -> LabelSpace:
         """Classes (softmax) or regions (sigmoid) of the model's labels (diffusion/label_space.py)."""
-        manager = self.label_manager
-        return LabelSpace.from_label_manager(getattr(manager, "_lm", manager))  # WideLabels wraps it
+        return LabelSpace.from_label_manager(self.label_manager)
 
-    def set_diffusion(self, schedule: NoiseSchedule, self_condition: bool) -> None:
-        """The training schedule and whether the network takes self-conditioning channels."""
+    def apply_spec(self, spec: InferenceSpec) -> None:
+        """The model's training schedule, whether its network takes self-conditioning channels, and
+        its default step count where none was asked for (configs/inference_spec.py).
+
+        Raises:
+            UserInputError: `num_steps` outside 1..T.
+            ValueError: an nnU-Net model's spec (no schedule).
+        """
+        schedule = spec.schedule()
         if self.num_steps is not None and not 1 <= self.num_steps <= schedule.num_steps:
             raise UserInputError(f"--steps must be in 1..{schedule.num_steps} (the model was trained with "
                                  f"T = {schedule.num_steps}), got {self.num_steps}")
-        self.schedule, self.self_condition = schedule, self_condition
+        self.schedule, self.self_condition = schedule, spec.self_conditioning
+        if self.num_steps is None:
+            self.num_steps = spec.default_steps
 
     @property
     def uncertainty(self) -> bool:
@@ -225,24 +274,29 @@ class DiffusionPredictor(DnnPredictor):
         return torch.cat([data, x0_pre.to(data.dtype)], 0)
 
     @torch.inference_mode()
-    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+    def sample_image(self, input_image: torch.Tensor) -> SampledImage:
+        """Sample one preprocessed image (C, *spatial) with the sliding window (see module docstring)."""
         k = self._steps_to_run() if self.keep_steps else 1
-        real = self.label_manager
-        c = self._num_classes = real.num_segmentation_heads
+        c = self._num_classes = self.label_manager.num_segmentation_heads
         extra = 2 if self.uncertainty else 0
         runs = len(self._runs())
-        self.label_manager = WideLabels(real, k * c + extra + (runs * c if self.keep_samples else 0))
-        try:
-            out = super().predict_sliding_window_return_logits(input_image)
-        finally:
-            self.label_manager = real
+        # the window keeps K x C channels (+ 2 statistics) (+ R x C samples) per voxel
+        window = self.sliding_window(input_image, k * c + extra + (runs * c if self.keep_samples else 0))
+        out = window.channels
         steps = out[:k * c].reshape(k, c, *out.shape[1:])
-        self.last_per_step = steps if self.keep_steps else None
-        # tile-wise (Gaussian-weighted) variance across samples and mean per-sample entropy
-        self.last_sample_statistics = out[k * c:k * c + extra].float() if self.uncertainty else None
-        self.last_samples = (out[k * c + extra:].float().reshape(runs, c, *out.shape[1:]) if self.keep_samples
-                             else None)
-        return steps[-1]
+        return SampledImage(
+            logits=steps[-1], per_step=steps if self.keep_steps else None,
+            # tile-wise (Gaussian-weighted) variance across samples and mean per-sample entropy
+            sample_statistics=out[k * c:k * c + extra].float() if self.uncertainty else None,
+            samples=out[k * c + extra:].float().reshape(runs, c, *out.shape[1:]) if self.keep_samples else None,
+            steps_run=window.steps_run)
+
+    @torch.inference_mode()
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's entry point (`predict_logits_from_preprocessed_data`, per fold): `sample_image`'s
+        logits; the rest of its result stays readable as the `last_*` properties."""
+        self._last = self.sample_image(input_image)
+        return self._last.logits
 
     def tile_batch_size(self) -> int:
         """Tiles per sliding-window pass: `tile_batch`, else as many as fit the run limit together
@@ -252,18 +306,19 @@ class DiffusionPredictor(DnnPredictor):
         return max(1, self._run_limit() // len(self._runs()))
 
     @torch.inference_mode()
-    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        """The sampler's result for B tiles x (B, channels, *patch): (B, K*C [+2] [+R*C], *patch)."""
-        variants, runs, b = self.mirror_variants(), self._runs(), x.shape[0]
+    def predict_tiles(self, tiles: torch.Tensor, first_tile: int) -> TileResult:
+        """The sampler's result for B tiles (B, channels, *patch): (B, K*C [+2] [+R*C], *patch)."""
+        variants, runs, b = self.mirror_variants(), self._runs(), tiles.shape[0]
         num_image_channels = len(self.dataset_json["channel_names"])
         per_pass = max(1, self._run_limit() // b)  # runs per forward pass, each with the B tiles
         results = []  # per run: (K, B, C, *patch), un-flipped
+        steps_run = None
         for first in range(0, len(runs), per_pass):
             chunk = runs[first:first + per_pass]
-            tiles = torch.cat([torch.flip(x, variants[v]) if variants[v] else x for v, _ in chunk])
-            generators = [self._noise_generator(self._first_tile + j, v, i) for v, i in chunk for j in range(b)]
-            image, x0_pre = tiles[:, :num_image_channels], tiles[:, num_image_channels:]
-            steps = self._sample_tile(image, x0_pre if x0_pre.shape[1] else None, generators)
+            runs_in = torch.cat([torch.flip(tiles, variants[v]) if variants[v] else tiles for v, _ in chunk])
+            generators = [self._noise_generator(first_tile + j, v, i) for v, i in chunk for j in range(b)]
+            image, x0_pre = runs_in[:, :num_image_channels], runs_in[:, num_image_channels:]
+            steps, steps_run = self._sample_tile(image, x0_pre if x0_pre.shape[1] else None, generators)
             steps = steps.unflatten(1, (len(chunk), b))
             for j, (v, _) in enumerate(chunk):
                 flip = variants[v]
@@ -284,7 +339,7 @@ class DiffusionPredictor(DnnPredictor):
             out.append(torch.stack(extra).to(out[0].dtype))
         if self.keep_samples:
             out.append(stacked[-1].transpose(0, 1).reshape(b, -1, *probs.shape[3:]).to(out[0].dtype))
-        return torch.cat(out, 1)
+        return TileResult(torch.cat(out, 1), steps_run)
 
     def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
                     save_probabilities: bool):
@@ -357,8 +412,9 @@ class DiffusionPredictor(DnnPredictor):
         return max(1, min(len(self._runs()), self._run_limit()))
 
     def _sample_tile(self, image: torch.Tensor, x0_pre: torch.Tensor | None = None,
-                     generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        """(K, B, C, *patch) probabilities of B runs (K = 1 unless keep_steps), float32."""
+                     generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """(K, B, C, *patch) probabilities of B runs (K = 1 unless keep_steps), float32, and the
+        timesteps the sampler ran."""
         network, sc, device, dtype = self.network, self.self_condition, image.device, self.autocast_dtype
 
         def denoise(m_t, t_net, self_cond=None):
@@ -369,7 +425,6 @@ class DiffusionPredictor(DnnPredictor):
         result = sample(denoise, shape, self.schedule, self.sampler, self.num_steps, start_step=self.start_step,
                         x0_start=x0_pre, generator=generators, keep_steps=self.keep_steps,
                         device=image.device, dtype=torch.float32, self_condition=sc, regions=self.label_space.regions)
-        self.last_steps_run = list(result.steps_run)
         if self.keep_steps:
-            return torch.stack(result.per_step)
-        return result.probabilities[None]
+            return torch.stack(result.per_step), tuple(result.steps_run)
+        return result.probabilities[None], tuple(result.steps_run)

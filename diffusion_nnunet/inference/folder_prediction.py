@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -36,7 +37,7 @@ class FolderPrediction:
 def predict_and_review(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, folds=None,
                        checkpoint_name: str = "checkpoint_final.pth", device: torch.device = torch.device("cpu"),
                        save_probabilities: bool = False, use_mirroring: bool = True, tile_step_size: float = 0.5,
-                       overwrite: bool = False, diffusion_options: dict | None = None,
+                       overwrite: bool = False, diffusion_options: SamplingConfig | Mapping | None = None,
                        continue_prediction: bool = False, case_scores: bool = True,
                        overview: bool = False, previous_stage_predictions=None) -> FolderPrediction:
     """Predict `input_dir` into `output_dir` with `predict_folder`, then write the review list.

@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import InvalidDataError
+from planning.plan_sections import diffusion_section
 
 INFERENCE_DEFAULTS = "inference_defaults.json"
 
@@ -63,5 +64,4 @@ def default_start_step(model: str | Path, configuration_plans: dict) -> int | No
     chosen = read_inference_defaults(model).get("pd_ddpm", {}).get("start_step")
     if chosen is not None:
         return int(chosen)
-    planned = configuration_plans.get("diffusion", {}).get("start_step")
-    return None if planned is None else int(planned)
+    return diffusion_section(configuration_plans, Path(model) / "plans.json").start_step

@@ -2,7 +2,7 @@
 
 nnU-Net averages the logits of the mirror variants of every tile (no mirroring, each axis, each
 pair of axes, ...: 4 variants in 2D, 8 in 3D). `MirrorVariantPredictor` lets the sliding window
-accumulate every variant's logits in its own channels (the label manager reports V x C heads),
+accumulate every variant's logits in its own channels (V x C; `nnunet_adapter.sliding_window`),
 returns their mean, which is exactly nnU-Net's prediction, and keeps the variants for the case:
 `last_variant_probabilities` ``(V * folds, C, *preprocessed)``, the softmax of each variant
 (the sigmoid for region-based models).
@@ -19,7 +19,7 @@ import torch
 
 from diffusion_nnunet.inference.predictor import DnnPredictor, run_prediction
 from diffusion_nnunet.inference.review_list import predictor_case_scores, write_case_score, write_review_list
-from diffusion_nnunet.inference.wide_labels import WideLabels
+from diffusion_nnunet.nnunet_adapter import TileResult
 from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,16 @@ class MirrorVariantPredictor(DnnPredictor):
     def __init__(self, case_scores: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.write_scores = case_scores
-        self.last_variant_probabilities: torch.Tensor | None = None
         self._variants: list[torch.Tensor] = []
+
+    @property
+    def last_variant_probabilities(self) -> torch.Tensor | None:
+        """The current case's variants, ``(V * folds, C, *preprocessed)``; None before its first fold.
+
+        Case state, not a side channel: nnU-Net's own loop runs every fold's sliding window and then
+        `export_case`, so the variants must outlive one call; `prepare_case` resets them.
+        """
+        return torch.cat(self._variants) if self._variants else None
 
     def _mirror_variants(self) -> list[tuple[int, ...]]:
         if not self.use_mirroring or not self.allowed_mirroring_axes:
@@ -51,24 +59,20 @@ class MirrorVariantPredictor(DnnPredictor):
 
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
-        real = self.label_manager
-        c, v = real.num_segmentation_heads, len(self._mirror_variants())
-        self.label_manager = WideLabels(real, v * c)
-        try:
-            out = super().predict_sliding_window_return_logits(input_image)
-        finally:
-            self.label_manager = real
+        labels = self.label_manager
+        c, v = labels.num_segmentation_heads, len(self._mirror_variants())
+        out = self.sliding_window(input_image, v * c).channels  # every variant in its own channels
         variants = out.float().reshape(v, c, *out.shape[1:])
         # softmax, or per-region sigmoid for region-based models (nnU-Net's inference nonlinearity)
-        self._variants.append((torch.sigmoid(variants) if real.has_regions else torch.softmax(variants, 1)).cpu())
-        self.last_variant_probabilities = torch.cat(self._variants)
+        self._variants.append((torch.sigmoid(variants) if labels.has_regions else torch.softmax(variants, 1)).cpu())
         return variants.mean(0)
 
     @torch.inference_mode()
-    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = [torch.flip(self.network(torch.flip(x, axes)), axes) if axes else self.network(x)
+    def predict_tiles(self, tiles: torch.Tensor, first_tile: int) -> TileResult:
+        """Each mirror variant's logits of B tiles: (B, V * C, *patch), variant-major."""
+        outputs = [torch.flip(self.network(torch.flip(tiles, axes)), axes) if axes else self.network(tiles)
                    for axes in self._mirror_variants()]
-        return torch.cat(outputs, 1)
+        return TileResult(torch.cat(outputs, 1))
 
     def export_case(self, logits: torch.Tensor, properties: dict, output_truncated: str,
                     save_probabilities: bool):

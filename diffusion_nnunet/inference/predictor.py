@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import save_pickle
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
 
 from diffusion_nnunet.configs import trainer_registry as registry
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.sampling_config import SamplingConfig
 from diffusion_nnunet.configs.training_config import TrainingConfig
 from diffusion_nnunet.inference import cascade
@@ -38,7 +36,7 @@ from diffusion_nnunet.inference.output_folder import (
     prediction_settings,
     refuse_output_inside_input,
 )
-from diffusion_nnunet.training.base import DnnTrainer
+from diffusion_nnunet.nnunet_adapter import SlidingWindowPredictor, release_gaussian_cache
 from dnnunet_core import paths
 from dnnunet_core.atomic import write_json
 from dnnunet_core.errors import UserInputError
@@ -66,6 +64,30 @@ def model_folder(dataset: str, trainer: str, configuration: str, plans_name: str
     return folder
 
 
+def predictor_kind(trainer_name: str) -> str:
+    """"nnunet" or "diffusion": the predictor a checkpoint's trainer needs (its registry entry;
+    stock nnunetv2 trainers are nnU-Net models).
+
+    Raises:
+        UserInputError: neither one of ours nor a stock nnunetv2 trainer.
+    """
+    entry = registry.find_entry(trainer_name)
+    if entry is not None:
+        return entry.predictor
+    trainer_class_for(trainer_name)  # a stock trainer, or refused
+    return "nnunet"
+
+
+def predictor_class(kind: str) -> type:
+    """The predictor class of a `predictor_kind`."""
+    if kind == "diffusion":
+        # imported here: diffusion_predictor builds on this module's DnnPredictor
+        from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
+
+        return DiffusionPredictor
+    return DnnPredictor
+
+
 def trainer_class_for(trainer_name: str) -> type:
     """Our registry first; stock nnunetv2 trainers (e.g. nnUNetTrainer) through nnunetv2's lookup."""
     cls = registry.find_class(trainer_name)
@@ -79,9 +101,9 @@ def trainer_class_for(trainer_name: str) -> type:
                              f"({', '.join(registry.available())}) nor a stock nnunetv2 trainer") from err
 
 
-class DnnPredictor(nnUNetPredictor):
+class DnnPredictor(SlidingWindowPredictor):
     """nnUNetPredictor that resolves trainer classes through our registry (see module docstring),
-    and whose sliding window runs several tiles per forward pass.
+    and whose sliding window runs several tiles per forward pass (`nnunet_adapter.SlidingWindowPredictor`).
 
     Args:
         tile_batch: tiles per forward pass (None: the plans' batch size, which the planner sized
@@ -109,36 +131,6 @@ class DnnPredictor(nnUNetPredictor):
             return self.tile_batch
         return max(1, int(self.configuration_manager.batch_size))
 
-    @torch.inference_mode()
-    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers,
-                                                       do_on_device: bool = True) -> torch.Tensor:
-        """nnU-Net's sliding window (same tiles, Gaussian, accumulation dtype), `tile_batch_size()`
-        tiles at a time: nnunetv2 passes one tile per forward pass, which leaves the batch dimension
-        of the convolutions unused."""
-        results_device = self.device if do_on_device else torch.device("cpu")
-        empty_cache(self.device)
-        data = data.to(results_device)
-        predicted = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
-                                device=results_device)
-        weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
-        gaussian = (compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
-                                     value_scaling_factor=10, device=results_device) if self.use_gaussian else 1)
-        per_pass = self.tile_batch_size()
-        for first in range(0, len(slicers), per_pass):
-            group = slicers[first:first + per_pass]
-            self._first_tile = first  # lets subclasses tell tiles apart (per-tile noise)
-            tiles = torch.stack([data[s] for s in group]).to(self.device)
-            predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
-            for s, prediction in zip(group, predictions):
-                if self.use_gaussian:
-                    prediction *= gaussian
-                predicted[s] += prediction
-                weights[s[1:]] += gaussian
-        torch.div(predicted, weights, out=predicted)
-        if torch.any(torch.isinf(predicted)):
-            raise RuntimeError("inf in the predicted array (nnU-Net's half-precision accumulation overflowed)")
-        return predicted
-
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
         folder = Path(model_training_output_dir)
@@ -163,22 +155,32 @@ class DnnPredictor(nnUNetPredictor):
             parameters.append(checkpoint["network_weights"])
 
         configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-        trainer_class = trainer_class_for(checkpoint["trainer_name"])
+        entry = registry.find_entry(checkpoint["trainer_name"])  # old checkpoints name the class only
         num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        if issubclass(trainer_class, DnnTrainer):
+        if entry is not None:
             config = TrainingConfig.from_dict(checkpoint["init_args"].get("dnnunet_config", {}))
-            network = trainer_class.network_for_inference(plans_manager, configuration_manager, num_inputs,
-                                                          num_outputs, config)
-            trainer_class.configure_predictor(self, config)
+            network = entry.cls.network_for_inference(plans_manager, configuration_manager, num_inputs,
+                                                      num_outputs, config)
+            self.apply_spec(entry.inference_spec(config))
         else:  # a stock nnunetv2 trainer
-            network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
-                                                               num_outputs, enable_deep_supervision=False)
+            network = trainer_class_for(checkpoint["trainer_name"]).build_network_architecture(
+                plans_manager, configuration_manager, num_inputs, num_outputs, enable_deep_supervision=False)
         for f, weights in zip(([use_folds] if isinstance(use_folds, str) else use_folds), parameters):  # all now
             load_weights(network, weights, folder / f"fold_{f}" / checkpoint_name, folder)
         network.load_state_dict(parameters[0])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                    checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
+
+    def apply_spec(self, spec: InferenceSpec) -> None:
+        """Take what the model's registry entry says of it (nothing beyond the network for nnU-Net models).
+
+        Raises:
+            ValueError: a diffusion model's spec (it needs `DiffusionPredictor`).
+        """
+        if spec.is_diffusion:
+            raise ValueError(f"{type(self).__name__} cannot predict with a diffusion model: use DiffusionPredictor "
+                             f"(load_predictor chooses it from the model's registry entry)")
 
     def check_cases(self, cases: list[str]) -> None:
         """Refuse, before any compute, inputs this predictor cannot use (none beyond the images here)."""
@@ -234,15 +236,14 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
     first = next(iter(sorted(Path(model_dir).glob(f"fold_*/{checkpoint_name}"))), None)
     if first is None:
         raise UserInputError(f"no fold_*/{checkpoint_name} in {model_dir}: is this a trained nnU-Net model folder?")
-    trainer_class = trainer_class_for(read_checkpoint(first)["trainer_name"])
-    predictor_class = trainer_class.predictor_class() if issubclass(trainer_class, DnnTrainer) else DnnPredictor
+    kind = predictor_kind(read_checkpoint(first)["trainer_name"])
     sampling = SamplingConfig.from_options(diffusion_options)
     options = sampling.predictor_arguments()
-    if options and predictor_class is DnnPredictor:
+    if options and kind != "diffusion":
         logger.warning("%s is not a diffusion model: ignoring %s", model_dir, sorted(options))
         options = {}
     with nnunet_output_to_log(logger):
-        predictor = predictor_class(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+        predictor = predictor_class(kind)(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False,
                                     tile_batch=sampling.tile_batch, **options)
@@ -401,5 +402,5 @@ def _predict_cases(predictor: DnnPredictor, cases: list[str], input_dir: Path, o
                 os.replace(produced, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        compute_gaussian.cache_clear()
+        release_gaussian_cache()
 

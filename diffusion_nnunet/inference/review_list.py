@@ -32,15 +32,14 @@ def is_diffusion_model(model_dir: str | Path) -> bool:
     """
     import torch
 
-    from diffusion_nnunet.inference.predictor import trainer_class_for
-    from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+    from diffusion_nnunet.inference.predictor import predictor_kind
     from dnnunet_core.errors import UserInputError
 
     first = next(iter(sorted(Path(model_dir).glob("fold_*/checkpoint_*.pth"))), None)
     if first is None:
         raise UserInputError(f"no fold_*/checkpoint_*.pth in {model_dir}: is this a trained model folder?")
-    cls = trainer_class_for(torch.load(first, map_location="cpu", weights_only=False)["trainer_name"])
-    return isinstance(cls, type) and issubclass(cls, DnnDiffusionTrainer)
+    # the trainer's registry entry names the predictor (old checkpoints carry the class name only)
+    return predictor_kind(torch.load(first, map_location="cpu", weights_only=False)["trainer_name"]) == "diffusion"
 
 
 def case_score_file(output_dir: str | Path, case: str) -> Path:

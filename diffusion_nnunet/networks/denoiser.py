@@ -7,7 +7,9 @@ stages, kernels, strides, features, convs per stage, norm, nonlinearity), with o
 channels changed to ``image + C (noisy mask) [+ C (self-conditioning)]``. It is wrapped, not
 copied: ``DiffusionUNet.unet`` holds the unmodified nnU-Net module (state-dict keys
 ``unet.encoder...``, ``unet.decoder...``), and ``DiffusionUNet.forward`` runs its encoder and
-decoder stages itself so that the time code can be injected in between.
+decoder stages itself so that the time code can be injected in between (the decoder's loop is
+``UNetDecoder.forward`` with a stage hook, ``nnunet_adapter.unet_decoder_forward``; the encoder's
+stage and conv-block layout is read here, pinned by ``tests/test_nnunet_adapter.py``).
 
 Time conditioning (FiLM, the default): ``emb = SiLU(MLP(sinusoidal(t)))``, and per stage a
 ``Linear(emb) -> (scale, shift)`` with ``h <- h * (1 + scale) + shift`` per channel.
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
 from diffusion_nnunet.networks.time_embedding import DEFAULT_TIME_SCALE, TimeEmbedding
+from diffusion_nnunet.nnunet_adapter import unet_decoder_forward
 
 __all__ = ["FiLM", "DiffusionUNet", "build_denoiser", "denoiser_in_channels", "SUPPORTED_ARCHITECTURES",
            "CONDITIONING_MODES"]
@@ -280,22 +283,9 @@ class DiffusionUNet(nn.Module):
         return skips
 
     def _decode(self, skips: list[Tensor], emb: Tensor) -> Tensor | list[Tensor]:
-        # mirrors UNetDecoder.forward, with FiLM in each stage
-        dec = self.unet.decoder
-        n = len(dec.stages)
-        lres = skips[-1]
-        outs = []
-        for s in range(n):
-            h = dec.transpconvs[s](lres)
-            h = torch.cat((h, skips[-(s + 2)]), dim=1)
-            h = self._stacked(dec.stages[s], h, self.film_decoder[s], emb)
-            if dec.deep_supervision:
-                outs.append(dec.seg_layers[s](h))
-            elif s == n - 1:
-                outs.append(dec.seg_layers[-1](h))
-            lres = h
-        outs = outs[::-1]  # largest resolution first, as nnU-Net's loss expects
-        return outs if dec.deep_supervision else outs[0]
+        # UNetDecoder.forward (through the adapter), with FiLM in each stage
+        return unet_decoder_forward(self.unet.decoder, skips,
+                                    lambda s, stage, h: self._stacked(stage, h, self.film_decoder[s], emb))
 
     def forward(self, x: Tensor, t) -> Tensor | list[Tensor]:
         """Predict x0 logits.

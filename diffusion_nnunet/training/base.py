@@ -30,12 +30,14 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.training_config import TrainingConfig
 from diffusion_nnunet.training import distributed
 from diffusion_nnunet.training.ddp_loss import make_shard_aware
 from diffusion_nnunet.training.fold_state import CROSS_VALIDATION_FOLDS  # noqa: F401 - also exported here
 from dnnunet_core.atomic import atomic_path, write_json
 from dnnunet_core.errors import UserInputError
+from planning.plan_sections import training_budget_section
 from planning.preprocessing_state import check_splits
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class DnnTrainer(nnUNetTrainer):
     """
 
     show_progress: bool = True
+    # the predictor this trainer's models need (configs/inference_spec.py), read by the registry
+    predictor_kind: str = "nnunet"
     # DDP's gradient reduction waits for every parameter unless told that some may go unused
     ddp_find_unused_parameters: bool = False
 
@@ -96,9 +100,14 @@ class DnnTrainer(nnUNetTrainer):
 
         return TrainingConfig.from_dict(merge_config_values(TrainingConfig().to_dict(), overrides_for(cls)))
 
+    @property
+    def plans_file(self) -> Path:
+        """The plans file this trainer's plans came from (named in errors about them)."""
+        return Path(self.preprocessed_dataset_folder_base) / f"{self.plans_manager.plans_name}.json"
+
     def apply_config(self, config: TrainingConfig) -> None:
         """Resolve `config` against the plans' budget and set nnU-Net's attributes from it."""
-        cfg = config.resolved(self.configuration_manager.configuration)
+        cfg = config.resolved(self.configuration_manager.configuration, self.plans_file)
         self.config = cfg
         # recorded in the checkpoint's init_args, so predictors can rebuild the network the config describes
         self.my_init_kwargs["dnnunet_config"] = cfg.to_dict()
@@ -120,14 +129,10 @@ class DnnTrainer(nnUNetTrainer):
                                               num_output_channels, enable_deep_supervision=False)
 
     @classmethod
-    def configure_predictor(cls, predictor, config: TrainingConfig) -> None:
-        """Give the predictor what it needs beyond the network (nothing for plain nnU-Net models)."""
-
-    @classmethod
-    def predictor_class(cls) -> type:
-        from diffusion_nnunet.inference.predictor import DnnPredictor
-
-        return DnnPredictor
+    def inference_spec(cls, config: TrainingConfig) -> InferenceSpec:
+        """How this trainer's models predict (config: the checkpoint's); the registry entry hands
+        it to the predictor (`TrainerEntry.inference_spec`). Plain nnU-Net models: nnU-Net's."""
+        return InferenceSpec(predictor=cls.predictor_kind)
 
     # ---------------------------------------------------------------- logging
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
@@ -368,12 +373,12 @@ class DnnTrainer(nnUNetTrainer):
             self._write_stats()
 
     def _write_stats(self) -> None:
-        budget = self.configuration_manager.configuration.get("training_budget", {})
+        budget = training_budget_section(self.configuration_manager.configuration, self.plans_file)
         measured = self.seconds_per_iteration
         write_json({
             "seconds_per_iteration_per_epoch": measured,
             "median_seconds_per_iteration": float(np.median(measured)) if measured else None,
-            "estimated_seconds_per_iteration": budget.get("estimated_seconds_per_iteration"),
+            "estimated_seconds_per_iteration": budget.estimated_seconds_per_iteration,
             "device": str(self.device),
             "num_processes": distributed.world_size(),
             "epochs_done": self.current_epoch,

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dnnunet_core.errors import UserInputError
+from planning.plan_sections import FIND_BEST_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +121,6 @@ def _saved_plans(model_folder: Path):
             break
 
 
-# Entries of a configuration's `diffusion` section that choose how to predict, not what is trained:
-# find-best rewrote them in the plans.json of models from before inference_defaults.json (it now
-# writes there), which must not make those folds "other plans".
-INFERENCE_DEFAULT_KEYS = ("start_step", "start_step_source")
-
-
 def plans_differences(saved: dict, current: dict, configuration: str) -> list[str]:
     """Dotted paths of what differs between two plans, for what shapes `configuration`'s models."""
     a, b = _model_relevant(saved, configuration), _model_relevant(current, configuration)
@@ -146,8 +141,10 @@ def _model_relevant(plans: dict, configuration: str) -> dict:
         name = configurations[name].get("inherits_from")
     resolved.pop("inherits_from", None)
     diffusion = resolved.get("diffusion")
-    if isinstance(diffusion, dict):  # inference defaults (find-best records them in the model's plans)
-        resolved["diffusion"] = {k: v for k, v in diffusion.items() if k not in INFERENCE_DEFAULT_KEYS}
+    if isinstance(diffusion, dict):
+        # find-best rewrote these in the plans.json of models from before inference_defaults.json:
+        # how to predict, not what is trained, so they must not make those folds "other plans"
+        resolved["diffusion"] = {k: v for k, v in diffusion.items() if k not in FIND_BEST_KEYS}
     out[f"configurations.{configuration}"] = resolved if configuration in configurations else None
     return out
 

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.configs.training_config import SemiSupervisedConfig
+from diffusion_nnunet.diffusion.sampling import sample
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, mask_to_x0
 
 Segment = Callable[[Tensor], Tensor]
 RecEps = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -189,8 +191,9 @@ def ddim_reconstruct(rec_eps: RecEps, mask_pm1: Tensor, image_shape: tuple[int, 
 
     From pure noise at the last step by default; with `start_image`, from that image noised to
     `start_step` of `schedule` (SDEdit-style: the coarse image survives, the mask redraws the rest).
-    eps-prediction turns into ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, clipped to
-    +-clip (at the noisiest step sqrt(abar_t) is tiny and would amplify errors), then a DDIM step.
+    The one sampler (`diffusion.sampling.sample`) with epsilon-prediction: ``x0_hat = (x_t -
+    sqrt(1 - abar_t) eps) / sqrt(abar_t)``, clipped to +-clip (at the noisiest step sqrt(abar_t)
+    is tiny and would amplify errors), then a DDIM step.
 
     Args:
         rec_eps: the Rec pathway.
@@ -203,24 +206,19 @@ def ddim_reconstruct(rec_eps: RecEps, mask_pm1: Tensor, image_shape: tuple[int, 
         start_image: image to start from (B, image channels, *spatial); None: pure noise.
         start_step: step of `schedule` the start image is noised to (default: the last).
     """
-    if start_image is None:
-        sub = schedule.respace(steps)
-        x = torch.randn(image_shape, device=mask_pm1.device, dtype=mask_pm1.dtype, generator=generator)
-    else:
+    x0_start = None
+    if start_image is not None:  # the start counts in the training schedule: sample from its first k + 1 steps
         k = schedule.num_steps - 1 if start_step is None else int(start_step)
-        sub = schedule.truncate(k + 1).respace(min(steps, k + 1))
-        x = sub.q_sample(start_image.to(mask_pm1.dtype), sub.num_steps - 1, generator=generator)
-    for i in reversed(range(sub.num_steps)):
-        abar = float(sub.alphas_cumprod[i])
-        eps = rec_eps(x, mask_pm1, sub.network_time(torch.full((x.shape[0],), i, device=x.device)))
-        x0_hat = ((x - (1 - abar) ** 0.5 * eps) / abar ** 0.5).clamp(-clip, clip)
-        x = sub.ddim_step(x0_hat, x, i)
-    return x
+        schedule, steps = schedule.truncate(k + 1), min(steps, k + 1)
+        x0_start = start_image.to(mask_pm1.dtype)
+    return sample(lambda x_t, t_net: rec_eps(x_t, mask_pm1, t_net), tuple(image_shape), schedule, "ddim", steps,
+                  x0_start=x0_start, generator=generator, device=mask_pm1.device, dtype=mask_pm1.dtype,
+                  prediction_type="epsilon", clip_sample_range=clip).x0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RoundSettings:
-    """How the reconstruction rounds run (values of `SemiSupervisedConfig`).
+    """How the reconstruction rounds run (values of `SemiSupervisedConfig`: `from_config`).
 
     Args:
         rounds: R (0: no rounds).
@@ -261,6 +259,15 @@ class RoundSettings:
     rounds_on_mix: bool = False
     one_step: bool = False
 
+    @classmethod
+    def from_config(cls, semi: SemiSupervisedConfig, rec_schedule: NoiseSchedule) -> "RoundSettings":
+        """The settings of a semi-supervised config, with Rec's schedule (built from `rec_timesteps`)."""
+        return cls(rounds=semi.rounds, weight=semi.round_weight, chain=semi.chain_rounds, rec_schedule=rec_schedule,
+                   sampling_steps=semi.rec_sampling_steps, clip=semi.rec_clip, ce_weight=semi.ce_weight,
+                   start_step=semi.rec_start_step, rec_into_seg=semi.rec_into_seg, ramp_rounds=semi.ramp_rounds,
+                   pseudo_threshold=semi.pseudo_threshold, copy_paste=semi.copy_paste,
+                   rounds_on_mix=semi.rounds_on_mix, one_step=semi.rec_one_step)
+
 
 def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs: Tensor, target: Tensor,
                  settings: RoundSettings, generator: torch.Generator | None = None) -> Tensor:
@@ -286,12 +293,12 @@ def round_losses(segment: Segment, rec_eps: RecEps, image: Tensor, teacher_probs
     total = image.new_zeros(())
     mask = teacher_probs
     for _ in range(settings.rounds):
-        rec_mask = 2 * (mask if settings.rec_into_seg else mask.detach()) - 1
+        rec_mask = mask_to_x0(mask if settings.rec_into_seg else mask.detach())
         if settings.one_step:
             rec_loss, reconstruction = reconstruction_loss_and_estimate(
                 rec_eps, image, rec_mask, settings.rec_schedule, generator=generator, clip=settings.clip)
         else:
-            reconstruction = ddim_reconstruct(rec_eps, 2 * mask.detach() - 1, tuple(image.shape),
+            reconstruction = ddim_reconstruct(rec_eps, mask_to_x0(mask.detach()), tuple(image.shape),
                                               settings.rec_schedule, settings.sampling_steps, settings.clip,
                                               generator, start_image=None if settings.start_step is None else image,
                                               start_step=settings.start_step)

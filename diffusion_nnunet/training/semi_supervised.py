@@ -15,6 +15,7 @@ step unless `--steps` asks for more). See docs/semi_supervised.md for every choi
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -24,12 +25,13 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.trainer_registry import register_variant
-from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.configs.training_config import STRATEGIES, SemiSupervisedConfig, TrainingConfig
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input, x0_from_logits
 from diffusion_nnunet.networks.twin import MODEL_NAMES, STUDENT, TEACHER, CoTrainPair, TwinPathwayNet, build_twin
 from diffusion_nnunet.training import distributed
-from diffusion_nnunet.training.diffusion import DnnDiffusionTrainer
+from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
 from diffusion_nnunet.training.lr_warmup import warmup_factor, warmup_iterations
 from diffusion_nnunet.training.semi_losses import (
     RoundSettings,
@@ -78,14 +80,14 @@ class _SemiBase(DnnDiffusionTrainer):
             raise UserInputError(
                 f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has region-based labels "
                 "(regions_class_order in dataset.json); the semi-supervised trainers work on classes (softmax) "
-                "only. Train the baseline or a diffusion trainer (standard, self_condition, recycle_next, recycle)")
+                f"only. Train the baseline or a diffusion trainer ({', '.join(STRATEGIES)})")
         if self.label_manager.has_ignore_label:
             # their losses (semi_losses.py) take dense labels: a mask of ignored voxels is not carried
             raise UserInputError(
                 f"{self.__class__.__name__}: {self.plans_manager.dataset_name} has an ignore label "
                 f"({self.label_manager.ignore_label}, sparse annotations); the semi-supervised trainers need "
-                "dense labels. Train the baseline or a diffusion trainer (standard, self_condition, recycle_next, "
-                "recycle), which mask ignored voxels")
+                f"dense labels. Train the baseline or a diffusion trainer ({', '.join(STRATEGIES)}), which mask "
+                "ignored voxels")
 
     @classmethod
     def default_config(cls) -> TrainingConfig:
@@ -106,10 +108,10 @@ class _SemiBase(DnnDiffusionTrainer):
 
     # ---------------------------------------------------------------- inference hooks
     @classmethod
-    def configure_predictor(cls, predictor, config: TrainingConfig) -> None:
-        predictor.set_diffusion(NoiseSchedule.linear(config.diffusion.timesteps), False)
-        if predictor.num_steps is None:  # Seg was trained at the noisiest step: one-step sampling
-            predictor.num_steps = config.diffusion.sampling_steps
+    def inference_spec(cls, config: TrainingConfig) -> InferenceSpec:
+        # Seg was trained at the noisiest step: one-step sampling unless a prediction asks for more
+        return dataclasses.replace(super().inference_spec(config), self_conditioning=False,
+                                   default_steps=config.diffusion.sampling_steps)
 
     # ---------------------------------------------------------------- Seg(I)
     def segment(self, model: TwinPathwayNet, image: torch.Tensor, random_t: bool = False) -> torch.Tensor:
@@ -125,17 +127,14 @@ class _SemiBase(DnnDiffusionTrainer):
         else:
             t = self.schedule.num_steps - 1
         x_t = self.schedule.q_sample(zeros, t)
-        return model.seg_logits(image, (x_t.clamp(-1, 1) + 1) / 2, self.schedule.network_time(t))
+        return model.seg_logits(image, network_mask_input(x_t), self.schedule.network_time(t))
 
     def train_segment(self, model: TwinPathwayNet, image: torch.Tensor) -> torch.Tensor:
         """`segment` as the training losses call it (a random step with ``seg_random_t``)."""
         return self.segment(model, image, random_t=self.semi.seg_random_t)
 
     def round_settings(self) -> RoundSettings:
-        s = self.semi
-        return RoundSettings(s.rounds, s.round_weight, s.chain_rounds, self.rec_schedule, s.rec_sampling_steps,
-                             s.rec_clip, s.ce_weight, s.rec_start_step, s.rec_into_seg, s.ramp_rounds,
-                             s.pseudo_threshold, s.copy_paste, s.rounds_on_mix, s.rec_one_step)
+        return RoundSettings.from_config(self.semi, self.rec_schedule)
 
     def _module(self):
         net = self.network.module if self.is_ddp else self.network
@@ -219,8 +218,8 @@ class SemiTeacherTrainer(_SemiBase):
                      training: bool = False) -> torch.Tensor:
         """``L_rec`` of the images from the teacher's own mask p = softmax(Seg(I)) (gradient into Seg)."""
         model = model or self._module()
-        probs = torch.softmax(self.train_segment(model, image) if training else self.segment(model, image), 1)
-        return reconstruction_loss(model.rec_eps, image, 2 * probs - 1, self.rec_schedule)
+        logits = self.train_segment(model, image) if training else self.segment(model, image)
+        return reconstruction_loss(model.rec_eps, image, x0_from_logits(logits), self.rec_schedule)
 
     def semi_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         # labelled and unlabelled images are all just images here; draw from each in proportion

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from diffusion_nnunet.configs.training_config import STRATEGIES as STRATEGY_NAMES
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 
 FirstPass = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -95,3 +96,6 @@ STRATEGIES: dict[str, Callable[..., GradientPassInput]] = {
     "recycle_next": recycle_next,
     "recycle": recycle,
 }
+# the names are the config's (what `DiffusionConfig.validate` accepts and the trainers register)
+if tuple(STRATEGIES) != STRATEGY_NAMES:
+    raise ImportError(f"strategies {tuple(STRATEGIES)} differ from the config's {STRATEGY_NAMES}")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.diffusion.sampling import pre_segmentation_x0, sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
@@ -78,7 +79,7 @@ def _region_predictor(**kwargs) -> DiffusionPredictor:
     cm = pm.get_configuration("2d")
     net = PerfectRegionDenoiser()
     predictor.manual_initialization(net, pm, cm, [net.state_dict()], DATASET_JSON, "Tiny", (0, 1))
-    predictor.set_diffusion(NoiseSchedule.linear(5), False)
+    predictor.apply_spec(InferenceSpec(predictor="diffusion", timesteps=5))
     return predictor
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
 from diffusion_nnunet.inference.predictor import DnnPredictor
 
@@ -82,5 +82,5 @@ def tiny_diffusion_predictor(patch_size=(16, 16), batch_size: int = 2, mirror_ax
                                    device=torch.device("cpu"), verbose=False, allow_tqdm=False,
                                    perform_everything_on_device=False, **kwargs)
     _initialise(predictor, TinyDenoiser(len(patch_size)), patch_size, batch_size, mirror_axes)
-    predictor.set_diffusion(NoiseSchedule.linear(timesteps), False)
+    predictor.apply_spec(InferenceSpec(predictor="diffusion", timesteps=timesteps))
     return predictor

@@ -6,13 +6,13 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from diffusion_nnunet.cli.main import build_parser
-from diffusion_nnunet.configs import trainer_registry
 from diffusion_nnunet.configs.training_config import DiffusionConfig, TrainingConfig
 from diffusion_nnunet.diffusion.sampling import sample
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.denoiser import DiffusionUNet
 from diffusion_nnunet.networks.late_fusion import LateFusionUNet
 from diffusion_nnunet.networks.selection import build_selected_denoiser
+from diffusion_nnunet.training.diffusion_trainer import DnnDiffusionTrainer
 from dnnunet_core.errors import UserInputError
 from tests.networks.helpers import PLANS, _cfg
 
@@ -198,7 +198,6 @@ def test_config_field_round_trips_and_old_configs_load_as_early(tmp_path):
 
 
 def test_prediction_rebuilds_the_network_the_checkpoint_config_names():
-    DnnDiffusionTrainer = trainer_registry.get("recycle").cls  # the module's name changes (seam)
     plans_manager = PlansManager(PLANS)
     cm = plans_manager.get_configuration("2d")
     for denoiser, cls in (("late", LateFusionUNet), ("early", DiffusionUNet)):

@@ -11,30 +11,30 @@ that only name the result folders; see `registry.register_variant`).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
+from diffusion_nnunet.configs.inference_spec import InferenceSpec
 from diffusion_nnunet.configs.trainer_registry import register_variant
-from diffusion_nnunet.configs.training_config import DiffusionConfig, TrainingConfig
+from diffusion_nnunet.configs.training_config import STRATEGIES, DiffusionConfig, TrainingConfig
 from diffusion_nnunet.diffusion.label_space import LabelSpace
-from diffusion_nnunet.diffusion.schedule import NoiseSchedule
+from diffusion_nnunet.diffusion.schedule import NoiseSchedule, network_mask_input
+from diffusion_nnunet.inference.fold_validation import FoldValidation, validate_fold
 from diffusion_nnunet.networks.selection import build_selected_denoiser
 from diffusion_nnunet.training import strategies
 from diffusion_nnunet.training.base import DnnTrainer
 from diffusion_nnunet.training.timestep_sampling import TimestepSampler
-from dnnunet_core.atomic import write_json
-from dnnunet_core.quiet import nnunet_output_to_log
 
 logger = logging.getLogger(__name__)
 
 
 class DnnDiffusionTrainer(DnnTrainer):
     """Diffusion segmentation head on nnU-Net (see module docstring)."""
+
+    predictor_kind = "diffusion"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cpu")):
@@ -69,12 +69,12 @@ class DnnDiffusionTrainer(DnnTrainer):
                            config: TrainingConfig, enable_deep_supervision: bool = True):
         """The denoiser a config describes (also used by the predictor, from the checkpoint's config)."""
         return build_selected_denoiser(configuration_manager.network_arch_class_name,
-                              configuration_manager.network_arch_init_kwargs,
-                              configuration_manager.network_arch_init_kwargs_req_import,
-                              image_channels=num_input_channels, num_classes=num_output_channels,
-                              self_condition=config.diffusion.strategy == "self_condition",
-                              deep_supervision=enable_deep_supervision,
-                              time_embed_dim=config.diffusion.time_embed_dim, denoiser=config.diffusion.denoiser)
+                                       configuration_manager.network_arch_init_kwargs,
+                                       configuration_manager.network_arch_init_kwargs_req_import,
+                                       image_channels=num_input_channels, num_classes=num_output_channels,
+                                       self_condition=config.diffusion.strategy == "self_condition",
+                                       deep_supervision=enable_deep_supervision,
+                                       time_embed_dim=config.diffusion.time_embed_dim, denoiser=config.diffusion.denoiser)
 
     @classmethod
     def network_for_inference(cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
@@ -82,15 +82,12 @@ class DnnDiffusionTrainer(DnnTrainer):
         return cls.build_denoiser_for(configuration_manager, num_input_channels, num_output_channels, config, False)
 
     @classmethod
-    def configure_predictor(cls, predictor, config: TrainingConfig) -> None:
-        predictor.set_diffusion(NoiseSchedule.linear(config.diffusion.timesteps),
-                                config.diffusion.strategy == "self_condition")
-
-    @classmethod
-    def predictor_class(cls) -> type:
-        from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
-
-        return DiffusionPredictor
+    def inference_spec(cls, config: TrainingConfig) -> InferenceSpec:
+        """The diffusion predictor with the checkpoint's schedule; prediction samples all T steps
+        unless asked for fewer, the final validation as the config says."""
+        return InferenceSpec(predictor=cls.predictor_kind, timesteps=config.diffusion.timesteps,
+                             self_conditioning=config.diffusion.strategy == "self_condition",
+                             sampler=config.diffusion.sampler, validation_steps=config.diffusion.sampling_steps)
 
     # an instance method (nnU-Net's is static): the network depends on the config
     def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels,
@@ -99,7 +96,7 @@ class DnnDiffusionTrainer(DnnTrainer):
                                        enable_deep_supervision)
 
     def _net_input(self, image: torch.Tensor, x_t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
-        parts = [image, (x_t.clamp(-1, 1) + 1) / 2]
+        parts = [image, network_mask_input(x_t)]
         if self.diffusion.strategy == "self_condition":
             parts.append(torch.zeros_like(x_t) if self_cond is None else self_cond)
         return torch.cat(parts, 1)
@@ -157,87 +154,27 @@ class DnnDiffusionTrainer(DnnTrainer):
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy()[first:],
                 "fp_hard": fp.cpu().numpy()[first:], "fn_hard": fn.cpu().numpy()[first:]}
 
-    def _keep(self, seg: torch.Tensor) -> torch.Tensor | None:
-        """Annotated voxels of a label map (None without ignore label)."""
-        ignore = self.label_space.ignore_label
-        return None if ignore is None else seg != ignore
-
     # ---------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Predict the validation cases with the diffusion sampler (sliding window), write them and
-        nnU-Net's summary.json, and add the Dice of every sampling step to the summary."""
-        from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-        from nnunetv2.inference.export_prediction import export_prediction_from_logits
-
-        from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
-
+        nnU-Net's summary.json, and add the Dice of every sampling step to the summary
+        (`inference.fold_validation`)."""
         self.set_deep_supervision_enabled(False)
         self.network.eval()
-        with nnunet_output_to_log(logger):
-            predictor = DiffusionPredictor(sampler=self.diffusion.sampler, num_steps=self.diffusion.sampling_steps,
-                                           keep_steps=True, seed=0, tile_step_size=0.5, use_gaussian=True,
-                                           use_mirroring=False, device=self.device, verbose=False, allow_tqdm=False,
-                                           perform_everything_on_device=self.device.type == "cuda")
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
-        predictor.set_diffusion(self.schedule, self.diffusion.strategy == "self_condition")
-        out_dir = Path(self.output_folder) / "validation"
-        out_dir.mkdir(parents=True, exist_ok=True)
         _, val_keys = self.do_split()
-        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
-        step_counts = None
-        for key in dataset_val.identifiers:
-            data, seg, _, properties = dataset_val.load_case(key)
-            with torch.no_grad():
-                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-            per_step = predictor.last_per_step  # (K, C, *spatial) log-probabilities, first = first step run
-            ref = torch.from_numpy(np.asarray(seg[:]))[0]
-            # the predictor's per-step probabilities live on its device, the reference on the CPU
-            counts = np.stack([_tp_fp_fn(self.label_space.hard(self.label_space.probabilities(step.cpu().float(), 0),
-                                                               0),
-                                         self.label_space.label_map_onehot(ref), self._keep(ref))
-                               for step in per_step])
-            step_counts = counts if step_counts is None else step_counts + counts
-            export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
-                                          self.dataset_json, str(out_dir / key), save_probabilities)
-        metrics = compute_metrics_on_folder(str(Path(self.preprocessed_dataset_folder_base) / "gt_segmentations"),
-                                            str(out_dir), str(out_dir / "summary.json"),
-                                            self.plans_manager.image_reader_writer_class(),
-                                            self.dataset_json["file_ending"],
-                                            self.label_manager.foreground_regions if self.label_space.regions
-                                            else self.label_manager.foreground_labels,
-                                            self.label_manager.ignore_label, chill=True, num_processes=1)
-        summary = json.loads((out_dir / "summary.json").read_text())
-        if step_counts is not None:
-            tp, fp, fn = step_counts[:, 0], step_counts[:, 1], step_counts[:, 2]
-            dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-            fg = dice if self.label_space.regions else dice[:, 1:]
-            summary["dice_per_sampling_step"] = {
-                "sampler": self.diffusion.sampler, "steps_run": predictor.last_steps_run,
-                "mean_foreground_dice": fg.mean(1).round(5).tolist(),
-                "per_class": fg.round(5).tolist(),
-                "note": "Dice over all validation voxels in the preprocessed space, after each reverse step",
-            }
-        write_json(summary, out_dir / "summary.json")
-        logger.info("validation Dice %.4f; per sampling step: %s", metrics["foreground_mean"]["Dice"],
-                    summary.get("dice_per_sampling_step", {}).get("mean_foreground_dice"))
+        validate_fold(FoldValidation(
+            network=self.network, plans_manager=self.plans_manager, configuration_manager=self.configuration_manager,
+            dataset_json=self.dataset_json, trainer_name=self.__class__.__name__,
+            mirroring_axes=self.inference_allowed_mirroring_axes, spec=self.inference_spec(self.config),
+            device=self.device, cases=self.dataset_class(self.preprocessed_dataset_folder, val_keys),
+            gt_folder=Path(self.preprocessed_dataset_folder_base) / "gt_segmentations",
+            output_folder=Path(self.output_folder) / "validation"), save_probabilities)
         self.set_deep_supervision_enabled(True)
-
-
-def _tp_fp_fn(pred: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor | None) -> np.ndarray:
-    """(3, C) counts of true positives, false positives and false negatives per channel of the
-    {0, 1} masks `pred` and `ref` (C, *spatial), over the voxels where `keep` (None: all)."""
-    pred, ref = pred.flatten(1).bool(), ref.flatten(1).bool()
-    if keep is not None:
-        keep = keep.reshape(1, -1)
-        pred, ref = pred & keep, ref & keep
-    return torch.stack([(pred & ref).sum(1), (pred & ~ref).sum(1), (~pred & ref).sum(1)]).double().numpy()
 
 
 STRATEGY_TRAINERS = {
     name: register_variant(DnnDiffusionTrainer, name, f"DnnDiffusionTrainer_{name}",
                            description=f"diffusion head, {name.replace('_', ' ')} strategy",
                            diffusion={"strategy": name})
-    for name in ("standard", "self_condition", "recycle_next", "recycle")
+    for name in STRATEGIES
 }
