@@ -299,10 +299,14 @@ class DiffusionUNet(nn.Module):
             Logits (B, C, *spatial); with deep supervision on, a list of logits, largest first.
         """
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channels (image + mask [+ self-cond]), "
+            raise ValueError(f"expected {self.in_channels} input channels ({self._channel_layout()}), "
                              f"got {x.shape[1]}")
         emb = F.silu(self.time_embed(self._batch_times(t, x)))
         return self._decode(self._encode(x, emb), emb)
+
+    def _channel_layout(self) -> str:
+        """The input channels' layout, for the error a wrong input raises."""
+        return "image + mask [+ self-cond]"
 
     # ------------------------------------------------------------------------------------ budget
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:

@@ -39,7 +39,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -157,13 +156,8 @@ class LateFusionUNet(DiffusionUNet):
             skips.append(feat + fuse(h))
         return skips
 
-    def forward(self, x: Tensor, t) -> Tensor | list[Tensor]:
-        """Predict x0 logits from ``cat([image, m_t, (self-cond)])`` and t (see ``DiffusionUNet.forward``)."""
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channels (image {self.image_channels} + mask "
-                             f"{self.mask_channels}), got {x.shape[1]}")
-        emb = F.silu(self.time_embed(self._batch_times(t, x)))
-        return self._decode(self._encode(x, emb), emb)
+    def _channel_layout(self) -> str:
+        return f"image {self.image_channels} + mask {self.mask_channels}"
 
     # ---------------------------------------------------------------------------------- budget
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
