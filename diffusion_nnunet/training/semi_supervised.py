@@ -97,6 +97,11 @@ class _SemiBase(DnnDiffusionTrainer):
         return config
 
     def apply_config(self, config: TrainingConfig) -> None:
+        if config.diffusion.denoiser != "early":
+            # build_twin makes early-fusion Seg and Rec networks; refuse rather than ignore the option
+            raise UserInputError(f"{self.__class__.__name__}: --denoiser {config.diffusion.denoiser} is not "
+                                 "supported by the semi-supervised trainers (their Seg and Rec networks are "
+                                 "early-fusion denoisers); leave --denoiser at early")
         if config.semi is None:
             config.semi = SemiSupervisedConfig()
         super().apply_config(config)

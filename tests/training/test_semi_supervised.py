@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusion_nnunet.configs import trainer_registry as registry
-from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, TrainingConfig
+from diffusion_nnunet.configs.training_config import DiffusionConfig, SemiSupervisedConfig, TrainingConfig
 from diffusion_nnunet.diffusion.schedule import NoiseSchedule
 from diffusion_nnunet.networks.twin import STUDENT, TEACHER, CoTrainPair
 from diffusion_nnunet.training import semi_losses
@@ -28,7 +28,7 @@ from diffusion_nnunet.training.semi_losses import (
     segmentation_loss,
     soft_dice_loss,
 )
-from diffusion_nnunet.training.semi_supervised import resolve_teacher_checkpoint
+from diffusion_nnunet.training.semi_supervised import SemiCoTrainer, SemiTeacherTrainer, resolve_teacher_checkpoint
 from diffusion_nnunet.training.unlabelled_data import _DropTarget, build_unlabelled_loader, images_only
 from dnnunet_core.errors import UserInputError
 from tests.training.helpers import IMG, SHAPE, C, tiny_twin
@@ -504,3 +504,11 @@ def test_teacher_checkpoint_lookup(tmp_path):
     assert resolve_teacher_checkpoint(tmp_path, 0) == ckpt
     assert resolve_teacher_checkpoint(tmp_path / "fold_0", 3) == ckpt
     assert resolve_teacher_checkpoint(ckpt, 0) == ckpt
+
+
+def test_semi_trainers_refuse_the_late_denoiser():
+    """--denoiser late would be ignored by build_twin: the trainers refuse it before any compute."""
+    for cls in (SemiTeacherTrainer, SemiCoTrainer):
+        fake = SimpleNamespace(__class__=cls)
+        with pytest.raises(UserInputError, match="--denoiser late"):
+            cls.apply_config(fake, TrainingConfig(diffusion=DiffusionConfig(denoiser="late")))
