@@ -129,6 +129,22 @@ def _instance_norm_film(h: Tensor, norm: nn.Module, film: FiLM, emb: Tensor) -> 
     return out.reshape(h.shape)
 
 
+def check_planned_architecture(arch_class_name: str, builder: str) -> None:
+    """Refuse, before building anything, a plans architecture the denoisers cannot wrap.
+
+    Args:
+        arch_class_name: the plans' ``network_class_name``.
+        builder: the builder's name, for the message.
+
+    Raises:
+        NotImplementedError: a class other than PlainConvUNet / ResidualEncoderUNet (or a subclass).
+    """
+    cls = pydoc.locate(arch_class_name)
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, SUPPORTED_ARCHITECTURES)):
+        names = ", ".join(c.__name__ for c in SUPPORTED_ARCHITECTURES)
+        raise NotImplementedError(f"{builder} supports {names}; plans ask for {arch_class_name}")
+
+
 def _check_supported(unet: nn.Module) -> None:
     """Raise NotImplementedError for U-Nets whose stages ``DiffusionUNet`` cannot run."""
     encoder = getattr(unet, "encoder", None)
@@ -357,10 +373,7 @@ def build_denoiser(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_impo
     Raises:
         NotImplementedError: for architectures other than PlainConvUNet / ResidualEncoderUNet.
     """
-    cls = pydoc.locate(arch_class_name)
-    if cls is not None and not (isinstance(cls, type) and issubclass(cls, SUPPORTED_ARCHITECTURES)):
-        names = ", ".join(c.__name__ for c in SUPPORTED_ARCHITECTURES)
-        raise NotImplementedError(f"build_denoiser supports {names}; plans ask for {arch_class_name}")
+    check_planned_architecture(arch_class_name, "build_denoiser")
     in_channels = denoiser_in_channels(image_channels, num_classes, self_condition)
     unet = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, in_channels,
                                   num_classes, allow_init=True, deep_supervision=deep_supervision)

@@ -33,7 +33,6 @@ cache; ``train()`` drops it.
 from __future__ import annotations
 
 import logging
-import pydoc
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -44,7 +43,7 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Sta
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import Tensor, nn
 
-from diffusion_nnunet.networks.denoiser import SUPPORTED_ARCHITECTURES, DiffusionUNet, FiLM
+from diffusion_nnunet.networks.denoiser import DiffusionUNet, FiLM, check_planned_architecture
 
 __all__ = ["LateFusionUNet", "build_late_fusion_denoiser", "default_mask_features"]
 
@@ -199,10 +198,7 @@ def build_late_fusion_denoiser(arch_class_name: str, arch_kwargs: dict, arch_kwa
     Raises:
         NotImplementedError: for architectures other than PlainConvUNet / ResidualEncoderUNet.
     """
-    cls = pydoc.locate(arch_class_name)
-    if cls is not None and not (isinstance(cls, type) and issubclass(cls, SUPPORTED_ARCHITECTURES)):
-        names = ", ".join(c.__name__ for c in SUPPORTED_ARCHITECTURES)
-        raise NotImplementedError(f"the late-fusion denoiser supports {names}; plans ask for {arch_class_name}")
+    check_planned_architecture(arch_class_name, "the late-fusion denoiser")
     unet = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, image_channels,
                                   num_classes, allow_init=True, deep_supervision=deep_supervision)
     mask_channels = int(num_classes) * (2 if self_condition else 1)
