@@ -19,7 +19,6 @@ from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
 from diffusion_nnunet.configs.inference_spec import InferenceSpec
-from diffusion_nnunet.diffusion.label_space import LabelSpace
 from diffusion_nnunet.inference.diffusion_predictor import DiffusionPredictor
 from dnnunet_core.atomic import write_json
 from dnnunet_core.quiet import nnunet_output_to_log
@@ -81,8 +80,7 @@ def validate_fold(validation: FoldValidation, save_probabilities: bool = False) 
         The summary written to `<output_folder>/summary.json` (nnU-Net's, plus `dice_per_sampling_step`).
     """
     predictor = validation_predictor(validation)
-    space = LabelSpace.from_label_manager(predictor.label_manager)
-    label_manager = predictor.label_manager
+    space, label_manager = predictor.label_space, predictor.label_manager
     out_dir = Path(validation.output_folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     step_counts, steps_run = None, None

@@ -243,10 +243,10 @@ def load_predictor(model_dir: str | Path, folds=None, checkpoint_name: str = "ch
         logger.warning("%s is not a diffusion model: ignoring %s", model_dir, sorted(options))
         options = {}
     with nnunet_output_to_log(logger):
-        predictor = predictor_class(kind)(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                    perform_everything_on_device=device.type == "cuda", device=device,
-                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False,
-                                    tile_batch=sampling.tile_batch, **options)
+        predictor = predictor_class(kind)(tile_step_size=tile_step_size, use_gaussian=True,
+                                          use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
+                                          device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
+                                          tile_batch=sampling.tile_batch, **options)
         predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint_name)
     return predictor
 
