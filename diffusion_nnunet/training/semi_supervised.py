@@ -97,7 +97,7 @@ class _SemiBase(DnnDiffusionTrainer):
         return config
 
     def apply_config(self, config: TrainingConfig) -> None:
-        if config.diffusion.denoiser != "early":
+        if config.diffusion is not None and config.diffusion.denoiser != "early":
             # build_twin makes early-fusion Seg and Rec networks; refuse rather than ignore the option
             raise UserInputError(f"{self.__class__.__name__}: --denoiser {config.diffusion.denoiser} is not "
                                  "supported by the semi-supervised trainers (their Seg and Rec networks are "
