@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from case_subset import link_test_subset  # benchmarks/, beside this script
+
 logger = logging.getLogger("benchmark")
 
 DATASETS = {501: ("synthetic-us2d", "2d"), 503: ("mni-tissue2d", "2d"), 502: ("synthetic-ct3d", "3d_fullres")}
@@ -124,14 +126,7 @@ def benchmark_dataset(work: Path, dataset: int, rounds: int, max_cases: int | No
     raw = next((work / "nnUNet_raw").glob(f"Dataset{dataset:03d}_*"))
     out = work / "bench" / raw.name
     out.mkdir(parents=True, exist_ok=True)
-    input_dir = raw / "imagesTs"
-    if max_cases is not None:  # a subset of the test cases, linked
-        cases = sorted({p.name.rsplit("_", 1)[0] for p in input_dir.glob("*_0000.nii.gz")})[:max_cases]
-        input_dir = out / "imagesTs"
-        input_dir.mkdir(exist_ok=True)
-        for f in sorted(raw.joinpath("imagesTs").iterdir()):
-            if f.name.rsplit("_", 1)[0] in cases and not (input_dir / f.name).exists():
-                (input_dir / f.name).symlink_to(f)
+    input_dir = link_test_subset(raw / "imagesTs", out, max_cases)
     env = {**_env(work, "results-early"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     baseline = _model(work, "results-baseline", dataset, "DnnBaselineTrainer")
     models = {d: _model(work, f"results-{d}", dataset, "DnnDiffusionTrainer_recycle") for d in DENOISERS}

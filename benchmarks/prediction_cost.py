@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from case_subset import link_test_subset  # benchmarks/, beside this script
+
 logger = logging.getLogger("benchmark")
 
 CONFIGURATIONS = {501: "2d", 502: "3d_fullres", 503: "2d"}
@@ -118,14 +120,7 @@ def benchmark_dataset(dataset: int, zoo: Path, work: Path, rounds: int, baseline
     raw = next((zoo / "nnUNet_raw").glob(f"Dataset{dataset:03d}_*"))
     env = {**os.environ, **{k: str(zoo / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
     work.mkdir(parents=True, exist_ok=True)
-    input_dir = raw / "imagesTs"
-    if max_cases is not None:  # a subset of the test cases, linked
-        cases = sorted({p.name.rsplit("_", 1)[0] for p in input_dir.glob("*_0000.nii.gz")})[:max_cases]
-        input_dir = work / "imagesTs"
-        input_dir.mkdir(exist_ok=True)
-        for f in sorted(raw.joinpath("imagesTs").iterdir()):
-            if f.name.rsplit("_", 1)[0] in cases and not (input_dir / f.name).exists():
-                (input_dir / f.name).symlink_to(f)
+    input_dir = link_test_subset(raw / "imagesTs", work, max_cases)
     methods, info = _methods(dataset, zoo, work, baseline_code, input_dir)
     methods = [m for m in methods if m["name"] not in skip]
     logger.info("%s: pre-segmentation for PD-DDPM (nnU-Net probabilities)", raw.name)
