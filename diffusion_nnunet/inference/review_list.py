@@ -29,9 +29,9 @@ def is_diffusion_model(model_dir: str | Path) -> bool:
 
     Raises:
         UserInputError: no fold_*/checkpoint_final.pth (or an unknown trainer).
+        InvalidDataError: the checkpoint is damaged (`checkpoint_io.read_checkpoint`).
     """
-    import torch
-
+    from diffusion_nnunet.inference.checkpoint_io import read_checkpoint
     from diffusion_nnunet.inference.predictor import predictor_kind
     from dnnunet_core.errors import UserInputError
 
@@ -39,7 +39,7 @@ def is_diffusion_model(model_dir: str | Path) -> bool:
     if first is None:
         raise UserInputError(f"no fold_*/checkpoint_*.pth in {model_dir}: is this a trained model folder?")
     # the trainer's registry entry names the predictor (old checkpoints carry the class name only)
-    return predictor_kind(torch.load(first, map_location="cpu", weights_only=False)["trainer_name"]) == "diffusion"
+    return predictor_kind(read_checkpoint(first)["trainer_name"]) == "diffusion"
 
 
 def case_score_file(output_dir: str | Path, case: str) -> Path:
