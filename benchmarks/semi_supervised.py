@@ -5,6 +5,7 @@ Usage: python benchmarks/semi_supervised.py [--datasets synthetic-us2d mni-tissu
                                             [--epochs E --iterations I] [--out docs/benchmark_semi.json]
                                             [--semi '{"rec_start_step": 3}'] [--device cuda]
        python benchmarks/semi_supervised.py --report-only [--out ...]
+       python benchmarks/semi_supervised.py --merge PIECE.json [...] --out docs/benchmark_semi_authors.json
 
 For each dataset and labelled fraction: generate the dataset with only that share of the training
 cases labelled (the rest are unlabelled images), plan once with the cpu-small budget, and train on
@@ -37,6 +38,8 @@ against labelsTs (mean foreground Dice, HD95, NSD). Training seconds are measure
 ``semi_*`` methods the teacher pre-training is reported separately (it is extra compute on top of
 the shared epochs x iterations). Results are appended to the JSON file as each method finishes,
 so an interrupted run keeps what it finished (rerun to continue: finished methods are skipped).
+Pieces of a grid run side by side need their own --out (and --work); ``--merge`` joins them.
+The report (benchmarks/semi_report.py) ends with issue 20's target, per teacher configuration.
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+
+from semi_report import merge_results, render_markdown  # benchmarks/, beside this script
 
 logger = logging.getLogger("benchmark")
 
@@ -222,67 +227,6 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     return results
 
 
-def summarise_draws(results: dict) -> dict:
-    """Mean test Dice of each method over the draws (seeds) of each dataset and labelled fraction.
-
-    Returns:
-        {(dataset, fraction): {method: [Dice of each draw that ran it]}}, in the order of `results`.
-    """
-    summary: dict = {}
-    for res in results.values():
-        methods = summary.setdefault((res["dataset"], res["labelled_fraction"]), {})
-        for method, entry in res["methods"].items():
-            methods.setdefault(method, []).append(entry["test"]["dice"])
-    return summary
-
-
-def render_summary(results: dict) -> str:
-    """One Markdown table: mean test Dice over draws (and the draws' count) per slice and method."""
-    summary = summarise_draws(results)
-    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method))
-    lines = ["| slice | " + " | ".join(methods) + " |", "|:---|" + "---:|" * len(methods)]
-    for (dataset, fraction), per_method in summary.items():
-        cells = []
-        for method in methods:
-            values = per_method.get(method)
-            if not values:
-                cells.append("-")
-                continue
-            spread = f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
-            cells.append(f"{sum(values) / len(values):.4f}{spread}, n = {len(values)}")
-        lines.append(f"| {dataset}, {fraction:.0%} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def render_markdown(results: dict) -> str:
-    """The JSON results as one Markdown table per dataset, labelled fraction and draw, then the summary."""
-    lines = []
-    for key, res in results.items():
-        options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
-        draw = f", draw {res['seed']}" if res.get("seed") else ""
-        lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled{draw} "
-                  f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
-                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; "
-                  f"fold {res.get('fold', 0)}; imagesTs; device {res.get('device', 'cpu')}; co-trainer options: {options}."
-                  + (f" {res['note'][0].upper()}{res['note'][1:]}." if res.get("note") else ""), "",
-                  "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration "
-                  "| x baseline |",
-                  "|:---|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
-        base = res["methods"].get("baseline", {}).get("median_seconds_per_iteration")
-        for method, e in res["methods"].items():
-            t = e["test"]
-            ratio = f"{e['median_seconds_per_iteration'] / base:.1f}" if base else "-"
-            teacher_s = e.get("teacher_train_seconds")
-            where = f" ({e['device']})" if e.get("device", res.get("device")) != res.get("device") else ""
-            lines.append(f"| {method}{where} | {t['dice']:.4f} | {t['hd95']:.3f} | {t['nsd']:.4f} | "
-                         f"{e['validation_dice']:.4f} | {e.get('selected', '-')} | {e['train_seconds']:.0f} | "
-                         f"{'-' if teacher_s is None else f'{teacher_s:.0f}'} | "
-                         f"{e['median_seconds_per_iteration']:.3f} | {ratio} |")
-        lines.append("")
-    lines += ["### Mean test Dice over draws (min-max)", "", render_summary(results)]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASET_IDS)[:2], choices=list(DATASET_IDS),
@@ -303,7 +247,19 @@ def main() -> None:
                                                      "(not rounds, teacher or copy_paste), e.g. '{\"rec_start_step\": 3}'")
     parser.add_argument("--device", default="cpu", help="torch device of training and prediction")
     parser.add_argument("--report-only", action="store_true", help="only render --out as Markdown")
+    parser.add_argument("--merge", nargs="+", metavar="FILE", default=None,
+                        help="add these results files (pieces of the grid run with their own --out) to --out, "
+                             "then render it; two different results for the same method stop with an error")
     args = parser.parse_args()
+    if args.merge:
+        from dnnunet_core.atomic import write_json
+
+        out = Path(args.out)
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        for piece in args.merge:
+            results = merge_results(results, json.loads(Path(piece).read_text()))
+        write_json(results, out)
+        args.report_only = True
     if args.report_only:
         print(render_markdown(json.loads(Path(args.out).read_text())))
         return

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ from diffusion_nnunet.configs.training_config import SemiSupervisedConfig, Train
 from diffusion_nnunet.training.semi_presets import PRESETS
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "semi_supervised.py"
+sys.path.insert(0, str(_PATH.parent))  # the script imports semi_report from beside itself
 _spec = importlib.util.spec_from_file_location("semi_benchmark", _PATH)
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+import semi_report as report  # noqa: E402  (from benchmarks/, on the path above)
 
 
 def _config(semi: dict) -> SemiSupervisedConfig:
@@ -61,5 +64,53 @@ def test_report_shows_cost_against_the_baseline():
     results = {"x": {"dataset": "synthetic-us2d:lesion", "labelled_fraction": 0.1, "labelled_cases": 6,
                      "unlabelled_cases": 54, "epochs": 1, "iterations": 2,
                      "methods": {"baseline": entry(0.1), "semi_authors_r3": entry(0.85)}}}
-    text = bench.render_markdown(results)
+    text = report.render_markdown(results)
     assert "| x baseline |" in text and "| 0.850 | 8.5 |" in text and "| 0.100 | 1.0 |" in text
+
+
+def _run(dataset: str, seed: int, dice: dict) -> dict:
+    return {"dataset": dataset, "labelled_fraction": 0.1, "seed": seed, "epochs": 30, "iterations": 50,
+            "semi_options": {}, "labelled_cases": 6, "unlabelled_cases": 54,
+            "methods": {m: {"test": {"dice": d, "hd95": 1.0, "nsd": 0.9}, "validation_dice": d, "train_seconds": 1,
+                            "median_seconds_per_iteration": 0.1} for m, d in dice.items()}}
+
+
+def _key(dataset: str, seed: int) -> str:
+    return f"{dataset}@0.1" + (f" seed {seed}" if seed else "")
+
+
+def test_merge_joins_pieces_and_refuses_two_different_results():
+    a = {_key("s", 0): _run("s", 0, {"baseline": 0.5})}
+    b = {_key("s", 0): _run("s", 0, {"cps": 0.6}), _key("t", 1): _run("t", 1, {"baseline": 0.4})}
+    merged = report.merge_results(a, b)
+    assert set(merged[_key("s", 0)]["methods"]) == {"baseline", "cps"} and _key("t", 1) in merged
+    assert set(a[_key("s", 0)]["methods"]) == {"baseline"}  # inputs untouched
+    assert report.merge_results(merged, b) == merged  # the same piece twice: nothing changes
+    with pytest.raises(ValueError, match="cps: two different results"):
+        report.merge_results(merged, {_key("s", 0): _run("s", 0, {"cps": 0.7})})
+    other_budget = _run("s", 0, {"semi_r1_cp": 0.7})
+    other_budget["epochs"] = 10
+    with pytest.raises(ValueError, match="epochs"):
+        report.merge_results(merged, {_key("s", 0): other_budget})
+
+
+def _grid(teacher: dict, slices=("a", "b", "c", "d"), draws=(0, 1, 2)) -> dict:
+    """cps_cp 0.80 and cps 0.78 everywhere; the teacher configuration's Dice per slice."""
+    return {_key(s, d): _run(s, d, {"cps_cp": 0.80, "cps": 0.78, "semi_authors_r3": teacher[s],
+                                    "semi_authors_r3_no_warmup": 0.99})
+            for s in slices for d in draws}
+
+
+def test_target_met_missed_and_undecided():
+    met = _grid({"a": 0.815, "b": 0.82, "c": 0.79, "d": 0.785})  # 2 wins of >= 1 point, above cps on all 4
+    assert report.target_verdict(report.target_rows(met), "semi_authors_r3") == "met"
+    one_win = _grid({"a": 0.815, "b": 0.805, "c": 0.79, "d": 0.785})  # +0.5 points on b is no win
+    assert report.target_verdict(report.target_rows(one_win), "semi_authors_r3") == "missed"
+    below_cps = _grid({"a": 0.9, "b": 0.9, "c": 0.9, "d": 0.77})
+    assert report.target_verdict(report.target_rows(below_cps), "semi_authors_r3") == "missed"
+    partial = _grid({"a": 0.9, "b": 0.79}, slices=("a", "b"), draws=(0,))
+    assert report.target_verdict(report.target_rows(partial), "semi_authors_r3").startswith("undecided (0 of 4")
+    # ablations are not candidate configurations: one of nine variants winning would be a search
+    assert {r["method"] for r in report.target_rows(met)} == {"semi_authors_r3"}
+    text = report.render_markdown(met)
+    assert "| semi_authors_r3 | a, 10% | 3 | +0.0150 | +0.0350 |" in text and "semi_authors_r3: target met" in text

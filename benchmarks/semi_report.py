@@ -1,0 +1,169 @@
+"""Results of benchmarks/semi_supervised.py: merging pieces, Markdown tables and issue 20's target.
+
+The grid runs in pieces (one process per slice or draw, each with its own ``--out``);
+`merge_results` joins them and refuses two different results for the same slice, draw and method.
+
+Issue 20's target (written in the issue before any run): a configuration with the diffusion
+teacher beats ``cps_cp`` by at least 1 Dice point (mean of 3 draws) on at least 2 of the 4
+slices, and beats plain ``cps`` on all 4. `render_target` checks it for every teacher
+configuration of the grid (``semi_*`` methods, ablations left out: picking the best of nine
+one-factor variants would be a search, not a test) and says when slices or draws are missing.
+"""
+from __future__ import annotations
+
+import copy
+
+SLICES = 4  # the target's slices: two binary, two multi-class
+DRAWS = 3
+MARGIN = 0.01  # one Dice point over cps_cp
+
+
+def merge_results(into: dict, other: dict) -> dict:
+    """`other`'s slices and methods added to a copy of `into`.
+
+    Raises:
+        ValueError: both hold the same method of the same slice and draw with different results, or
+            the same key describes a different run (dataset, fraction, draw, epochs, iterations).
+    """
+    merged = copy.deepcopy(into)
+    for key, res in other.items():
+        if key not in merged:
+            merged[key] = copy.deepcopy(res)
+            continue
+        mine = merged[key]
+        for field in ("dataset", "labelled_fraction", "seed", "epochs", "iterations", "semi_options"):
+            if mine.get(field) != res.get(field):
+                raise ValueError(f"{key}: {field} is {mine.get(field)!r} in one file and {res.get(field)!r} in the other")
+        for method, entry in res["methods"].items():
+            if method in mine["methods"] and mine["methods"][method] != entry:
+                raise ValueError(f"{key} / {method}: two different results; keep one of the files' entries")
+            mine["methods"][method] = copy.deepcopy(entry)
+        if "teacher_train_seconds" in res:
+            mine.setdefault("teacher_train_seconds", res["teacher_train_seconds"])
+    return merged
+
+
+def summarise_draws(results: dict) -> dict:
+    """Mean test Dice of each method over the draws (seeds) of each dataset and labelled fraction.
+
+    Returns:
+        {(dataset, fraction): {method: [Dice of each draw that ran it]}}, in the order of `results`.
+    """
+    summary: dict = {}
+    for res in results.values():
+        methods = summary.setdefault((res["dataset"], res["labelled_fraction"]), {})
+        for method, entry in res["methods"].items():
+            methods.setdefault(method, []).append(entry["test"]["dice"])
+    return summary
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def render_summary(results: dict) -> str:
+    """One Markdown table: mean test Dice over draws (and the draws' count) per slice and method."""
+    summary = summarise_draws(results)
+    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method))
+    lines = ["| slice | " + " | ".join(methods) + " |", "|:---|" + "---:|" * len(methods)]
+    for (dataset, fraction), per_method in summary.items():
+        cells = []
+        for method in methods:
+            values = per_method.get(method)
+            if not values:
+                cells.append("-")
+                continue
+            spread = f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
+            cells.append(f"{_mean(values):.4f}{spread}, n = {len(values)}")
+        lines.append(f"| {dataset}, {fraction:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def target_rows(results: dict) -> list[dict]:
+    """Issue 20's comparison for every teacher configuration on every slice.
+
+    Returns:
+        One row per (configuration, slice): "method", "slice", "draws" (draws that ran the
+        configuration, cps_cp and cps alike), "vs_cps_cp" and "vs_cps" (mean Dice differences over
+        those draws; None when a reference is missing), "wins" (vs_cps_cp >= MARGIN).
+    """
+    by_draw: dict = {}  # (dataset, fraction) -> seed -> {method: Dice}
+    for res in results.values():
+        per_seed = by_draw.setdefault((res["dataset"], res["labelled_fraction"]), {})
+        per_seed[res.get("seed", 0)] = {m: e["test"]["dice"] for m, e in res["methods"].items()}
+    teachers = sorted({m for draws in by_draw.values() for d in draws.values() for m in d
+                       if m.startswith("semi_") and "_no_" not in m})
+    rows = []
+    for method in teachers:
+        for (dataset, fraction), draws in by_draw.items():
+            shared = [d for d in draws.values() if method in d and "cps_cp" in d and "cps" in d]
+            if not any(method in d for d in draws.values()):
+                continue
+            row = {"method": method, "slice": f"{dataset}, {fraction:.0%}", "draws": len(shared),
+                   "vs_cps_cp": None, "vs_cps": None, "wins": False}
+            if shared:
+                row["vs_cps_cp"] = _mean([d[method] - d["cps_cp"] for d in shared])
+                row["vs_cps"] = _mean([d[method] - d["cps"] for d in shared])
+                row["wins"] = row["vs_cps_cp"] >= MARGIN
+            rows.append(row)
+    return rows
+
+
+def target_verdict(rows: list[dict], method: str) -> str:
+    """"met", "missed" or "undecided (...)" for one configuration, from its `target_rows`."""
+    mine = [r for r in rows if r["method"] == method]
+    complete = [r for r in mine if r["draws"] >= DRAWS]
+    wins = sum(r["wins"] for r in complete)
+    beats_cps = all(r["vs_cps"] is not None and r["vs_cps"] > 0 for r in complete)
+    if len(complete) == SLICES and len(mine) == SLICES:
+        return "met" if wins >= 2 and beats_cps else "missed"
+    if len(complete) >= 1 and not beats_cps:
+        return "missed"  # losing to cps on one complete slice already fails "all 4"
+    if wins + (SLICES - len(complete)) < 2:
+        return "missed"  # too few slices left to reach 2 wins
+    return f"undecided ({len(complete)} of {SLICES} slices with {DRAWS} draws)"
+
+
+def render_target(results: dict) -> str:
+    """Markdown: per configuration and slice, the margins over cps_cp and cps, and the verdict."""
+    rows = target_rows(results)
+    lines = ["| configuration | slice | draws | - cps_cp | - cps |", "|:---|:---|---:|---:|---:|"]
+    fmt = lambda v: "-" if v is None else f"{v:+.4f}"
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['slice']} | {r['draws']} | {fmt(r['vs_cps_cp'])} | {fmt(r['vs_cps'])} |")
+    lines.append("")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        lines.append(f"- {method}: target {target_verdict(rows, method)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(results: dict) -> str:
+    """The JSON results as one Markdown table per dataset, labelled fraction and draw, then the summaries."""
+    lines = []
+    for key, res in results.items():
+        options = ", ".join(f"{k} = {v}" for k, v in res.get("semi_options", {}).items()) or "defaults"
+        draw = f", draw {res['seed']}" if res.get("seed") else ""
+        lines += [f"### {res['dataset']}, {res['labelled_fraction']:.0%} labelled{draw} "
+                  f"({res['labelled_cases']} labelled + {res['unlabelled_cases']} unlabelled training cases)", "",
+                  f"{res['epochs']} epochs x {res['iterations']} iterations for every method; "
+                  f"fold {res.get('fold', 0)}; imagesTs; device {res.get('device', 'cpu')}; co-trainer options: {options}."
+                  + (f" {res['note'][0].upper()}{res['note'][1:]}." if res.get("note") else ""), "",
+                  "| method | Dice | HD95 mm | NSD | val Dice | predicts | train s | teacher pre-training s | s/iteration "
+                  "| x baseline |",
+                  "|:---|---:|---:|---:|---:|:---|---:|---:|---:|---:|"]
+        base = res["methods"].get("baseline", {}).get("median_seconds_per_iteration")
+        for method, e in res["methods"].items():
+            t = e["test"]
+            ratio = f"{e['median_seconds_per_iteration'] / base:.1f}" if base else "-"
+            teacher_s = e.get("teacher_train_seconds")
+            where = f" ({e['device']})" if e.get("device", res.get("device")) != res.get("device") else ""
+            lines.append(f"| {method}{where} | {t['dice']:.4f} | {t['hd95']:.3f} | {t['nsd']:.4f} | "
+                         f"{e['validation_dice']:.4f} | {e.get('selected', '-')} | {e['train_seconds']:.0f} | "
+                         f"{'-' if teacher_s is None else f'{teacher_s:.0f}'} | "
+                         f"{e['median_seconds_per_iteration']:.3f} | {ratio} |")
+        lines.append("")
+    lines += ["### Mean test Dice over draws (min-max)", "", render_summary(results)]
+    if target_rows(results):
+        lines += ["### Issue 20's target: teacher configurations against cps_cp and cps (mean differences over draws)",
+                  "", render_target(results)]
+    return "\n".join(lines)
