@@ -83,9 +83,9 @@ def target_rows(results: dict) -> list[dict]:
     """Issue 20's comparison for every teacher configuration on every slice.
 
     Returns:
-        One row per (configuration, slice): "method", "slice", "draws" (draws that ran the
-        configuration, cps_cp and cps alike), "vs_cps_cp" and "vs_cps" (mean Dice differences over
-        those draws; None when a reference is missing), "wins" (vs_cps_cp >= MARGIN).
+        One row per (configuration, slice): "method", "slice", "vs_cps_cp" and "vs_cps" (mean Dice
+        difference over the draws that ran the configuration and that reference; None when none
+        did), "draws" (the smaller of those two counts), "wins" (vs_cps_cp >= MARGIN).
     """
     by_draw: dict = {}  # (dataset, fraction) -> seed -> {method: Dice}
     for res in results.values():
@@ -96,15 +96,16 @@ def target_rows(results: dict) -> list[dict]:
     rows = []
     for method in teachers:
         for (dataset, fraction), draws in by_draw.items():
-            shared = [d for d in draws.values() if method in d and "cps_cp" in d and "cps" in d]
             if not any(method in d for d in draws.values()):
                 continue
-            row = {"method": method, "slice": f"{dataset}, {fraction:.0%}", "draws": len(shared),
-                   "vs_cps_cp": None, "vs_cps": None, "wins": False}
-            if shared:
-                row["vs_cps_cp"] = _mean([d[method] - d["cps_cp"] for d in shared])
-                row["vs_cps"] = _mean([d[method] - d["cps"] for d in shared])
-                row["wins"] = row["vs_cps_cp"] >= MARGIN
+            margins = {}
+            for ref in ("cps_cp", "cps"):
+                shared = [d[method] - d[ref] for d in draws.values() if method in d and ref in d]
+                margins[ref] = (_mean(shared) if shared else None, len(shared))
+            row = {"method": method, "slice": f"{dataset}, {fraction:.0%}",
+                   "draws": min(n for _, n in margins.values()),
+                   "vs_cps_cp": margins["cps_cp"][0], "vs_cps": margins["cps"][0],
+                   "wins": margins["cps_cp"][0] is not None and margins["cps_cp"][0] >= MARGIN}
             rows.append(row)
     return rows
 

@@ -110,6 +110,9 @@ def test_target_met_missed_and_undecided():
     assert report.target_verdict(report.target_rows(below_cps), "semi_authors_r3") == "missed"
     partial = _grid({"a": 0.9, "b": 0.79}, slices=("a", "b"), draws=(0,))
     assert report.target_verdict(report.target_rows(partial), "semi_authors_r3").startswith("undecided (0 of 4")
+    del partial[_key("a", 0)]["methods"]["cps"]  # a reference not run yet: the other margin still shows
+    row = next(r for r in report.target_rows(partial) if r["slice"] == "a, 10%")
+    assert row["vs_cps"] is None and row["vs_cps_cp"] == pytest.approx(0.1) and row["draws"] == 0
     # ablations are not candidate configurations: one of nine variants winning would be a search
     assert {r["method"] for r in report.target_rows(met)} == {"semi_authors_r3"}
     text = report.render_markdown(met)
