@@ -12,6 +12,7 @@ one-factor variants would be a search, not a test) and says when slices or draws
 from __future__ import annotations
 
 import copy
+from statistics import fmean
 
 SLICES = 4  # the target's slices: two binary, two multi-class
 DRAWS = 3
@@ -57,10 +58,6 @@ def summarise_draws(results: dict) -> dict:
     return summary
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def render_summary(results: dict) -> str:
     """One Markdown table: mean test Dice over draws (and the draws' count) per slice and method."""
     summary = summarise_draws(results)
@@ -74,7 +71,7 @@ def render_summary(results: dict) -> str:
                 cells.append("-")
                 continue
             spread = f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
-            cells.append(f"{_mean(values):.4f}{spread}, n = {len(values)}")
+            cells.append(f"{fmean(values):.4f}{spread}, n = {len(values)}")
         lines.append(f"| {dataset}, {fraction:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -101,7 +98,7 @@ def target_rows(results: dict) -> list[dict]:
             margins = {}
             for ref in ("cps_cp", "cps"):
                 shared = [d[method] - d[ref] for d in draws.values() if method in d and ref in d]
-                margins[ref] = (_mean(shared) if shared else None, len(shared))
+                margins[ref] = (fmean(shared) if shared else None, len(shared))
             row = {"method": method, "slice": f"{dataset}, {fraction:.0%}",
                    "draws": min(n for _, n in margins.values()),
                    "vs_cps_cp": margins["cps_cp"][0], "vs_cps": margins["cps"][0],
@@ -125,9 +122,8 @@ def target_verdict(rows: list[dict], method: str) -> str:
     return f"undecided ({len(complete)} of {SLICES} slices with {DRAWS} draws)"
 
 
-def render_target(results: dict) -> str:
-    """Markdown: per configuration and slice, the margins over cps_cp and cps, and the verdict."""
-    rows = target_rows(results)
+def render_target(rows: list[dict]) -> str:
+    """Markdown: per configuration and slice (`target_rows`), the margins over cps_cp and cps, and the verdict."""
     lines = ["| configuration | slice | draws | - cps_cp | - cps |", "|:---|:---|---:|---:|---:|"]
     fmt = lambda v: "-" if v is None else f"{v:+.4f}"
     for r in rows:
@@ -164,7 +160,8 @@ def render_markdown(results: dict) -> str:
                          f"{e['median_seconds_per_iteration']:.3f} | {ratio} |")
         lines.append("")
     lines += ["### Mean test Dice over draws (min-max)", "", render_summary(results)]
-    if target_rows(results):
+    rows = target_rows(results)
+    if rows:
         lines += ["### Issue 20's target: teacher configurations against cps_cp and cps (mean differences over draws)",
-                  "", render_target(results)]
+                  "", render_target(rows)]
     return "\n".join(lines)

@@ -259,7 +259,8 @@ def main() -> None:
         for piece in args.merge:
             results = merge_results(results, json.loads(Path(piece).read_text()))
         write_json(results, out)
-        args.report_only = True
+        print(render_markdown(results))
+        return
     if args.report_only:
         print(render_markdown(json.loads(Path(args.out).read_text())))
         return
