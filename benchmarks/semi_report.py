@@ -76,6 +76,30 @@ def render_summary(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def remaining_runs(results: dict, grid: dict, seeds, fraction: float, epochs: int, iterations: int) -> list:
+    """What a grid still lacks in `results`, so that pieces can be run session by session.
+
+    Args:
+        grid: slice name -> the methods it needs (issue 20's: `semi_supervised.ISSUE20_GRID`).
+        seeds, fraction, epochs, iterations: the draws and the budget every piece must have; results
+            of another budget do not count.
+
+    Returns:
+        (slice, seed, [missing methods in grid order]) for every slice and draw with any missing.
+    """
+    done: dict = {}
+    for res in results.values():
+        if (res["labelled_fraction"], res["epochs"], res["iterations"]) == (fraction, epochs, iterations):
+            done.setdefault((res["dataset"], res.get("seed", 0)), set()).update(res["methods"])
+    left = []
+    for seed in seeds:
+        for name, methods in grid.items():
+            missing = [m for m in methods if m not in done.get((name, seed), set())]
+            if missing:
+                left.append((name, seed, missing))
+    return left
+
+
 def target_rows(results: dict) -> list[dict]:
     """Issue 20's comparison for every teacher configuration on every slice.
 

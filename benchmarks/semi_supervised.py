@@ -6,6 +6,7 @@ Usage: python benchmarks/semi_supervised.py [--datasets synthetic-us2d mni-tissu
                                             [--semi '{"rec_start_step": 3}'] [--device cuda]
        python benchmarks/semi_supervised.py --report-only [--out ...]
        python benchmarks/semi_supervised.py --merge PIECE.json [...] --out docs/benchmark_semi_authors.json
+       python benchmarks/semi_supervised.py --remaining --out docs/benchmark_semi_authors.json
 
 For each dataset and labelled fraction: generate the dataset with only that share of the training
 cases labelled (the rest are unlabelled images), plan once with the cpu-small budget, and train on
@@ -39,6 +40,7 @@ against labelsTs (mean foreground Dice, HD95, NSD). Training seconds are measure
 the shared epochs x iterations). Results are appended to the JSON file as each method finishes,
 so an interrupted run keeps what it finished (rerun to continue: finished methods are skipped).
 Pieces of a grid run side by side need their own --out (and --work); ``--merge`` joins them.
+``--remaining`` prints the commands of issue 20's grid (`ISSUE20_GRID`) that --out still lacks.
 The report (benchmarks/semi_report.py) ends with issue 20's target, per teacher configuration.
 """
 from __future__ import annotations
@@ -52,7 +54,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from semi_report import merge_results, render_markdown  # benchmarks/, beside this script
+from semi_report import merge_results, remaining_runs, render_markdown  # benchmarks/, beside this script
 
 logger = logging.getLogger("benchmark")
 
@@ -66,6 +68,13 @@ AUTHORS = "authors"  # the preset of `dnnunet train --semi-preset authors`
 ABLATIONS = {"detach": ("rec_into_seg",), "unchained": ("chain_rounds",), "onestep": ("rec_one_step",),
              "wholeramp": ("whole_run_ramp",), "fullrounds": ("ramp_rounds",), "warmup": ("lr_warmup_fraction",),
              "randomt": ("seg_random_t",), "diceonly": ("ce_weight",)}
+# issue 20's grid (docs/benchmarks.md): the references and teacher configurations on its four
+# slices, R = 5 and the ablation on the binary lesion; 3 draws of 10 % labels, 30 x 50 iterations
+ISSUE20_CORE = ("baseline", "cps", "cps_cp", "semi_authors_r3", "semi_r1_cp", "cps_authors")
+ISSUE20_GRID = {"synthetic-us2d:lesion": ISSUE20_CORE + ("semi_authors_r5",)
+                + tuple(f"semi_authors_r3_no_{factor}" for factor in ABLATIONS),
+                "mni-tissue2d:wm": ISSUE20_CORE, "synthetic-us2d": ISSUE20_CORE, "mni-tissue2d": ISSUE20_CORE}
+ISSUE20_BUDGET = {"seeds": (0, 1, 2), "fraction": 0.1, "epochs": 30, "iterations": 50}
 
 
 def _dataset_id(name: str, fraction: float) -> int:
@@ -227,6 +236,19 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     return results
 
 
+def remaining_commands(results: dict) -> list[str]:
+    """One command per slice and draw of `ISSUE20_GRID` that `results` lacks, each with its own --out and --work."""
+    budget = ISSUE20_BUDGET
+    commands = []
+    for name, seed, methods in remaining_runs(results, ISSUE20_GRID, **budget):
+        piece = f"{name.replace(':', '-')}-s{seed}"
+        commands.append(f"OMP_NUM_THREADS=1 python benchmarks/semi_supervised.py --datasets {name} --seed {seed} "
+                        f"--fractions {budget['fraction']:g} --epochs {budget['epochs']} "
+                        f"--iterations {budget['iterations']} --methods {' '.join(methods)} "
+                        f"--out benchmark_work_semi/issue20/{piece}.json --work benchmark_work_semi/issue20/work-{piece}")
+    return commands
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASET_IDS)[:2], choices=list(DATASET_IDS),
@@ -250,7 +272,13 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", metavar="FILE", default=None,
                         help="add these results files (pieces of the grid run with their own --out) to --out, "
                              "then render it; two different results for the same method stop with an error")
+    parser.add_argument("--remaining", action="store_true",
+                        help="print the commands of issue 20's grid that --out does not hold yet, and stop")
     args = parser.parse_args()
+    if args.remaining:
+        out = Path(args.out)
+        print("\n".join(remaining_commands(json.loads(out.read_text()) if out.is_file() else {})))
+        return
     if args.merge:
         from dnnunet_core.atomic import write_json
 

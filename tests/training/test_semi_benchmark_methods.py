@@ -117,3 +117,25 @@ def test_target_met_missed_and_undecided():
     assert {r["method"] for r in report.target_rows(met)} == {"semi_authors_r3"}
     text = report.render_markdown(met)
     assert "| semi_authors_r3 | a, 10% | 3 | +0.0150 | +0.0350 |" in text and "semi_authors_r3: target met" in text
+
+
+def test_remaining_runs_lists_what_each_slice_and_draw_lacks():
+    grid = {"s": ("baseline", "cps", "cps_cp"), "t": ("baseline",)}
+    other_budget = _run("t", 0, {"baseline": 0.5})
+    other_budget["epochs"] = 10  # a run of another budget does not count
+    results = {_key("s", 0): _run("s", 0, {"cps": 0.6, "baseline": 0.5}), "t old": other_budget,
+               _key("s", 1): _run("s", 1, {"baseline": 0.5, "cps": 0.6, "cps_cp": 0.7})}
+    left = report.remaining_runs(results, grid, seeds=(0, 1), fraction=0.1, epochs=30, iterations=50)
+    assert left == [("s", 0, ["cps_cp"]), ("t", 0, ["baseline"]), ("t", 1, ["baseline"])]
+    assert report.remaining_runs(results, {"s": ("cps",)}, seeds=(0, 1), fraction=0.1, epochs=30,
+                                 iterations=50) == []
+
+
+def test_remaining_commands_cover_issue_20s_grid():
+    commands = bench.remaining_commands({})
+    assert len(commands) == len(bench.ISSUE20_GRID) * len(bench.ISSUE20_BUDGET["seeds"])
+    lesion = next(c for c in commands if "synthetic-us2d:lesion --seed 2" in c)
+    assert "semi_authors_r5" in lesion and "semi_authors_r3_no_diceonly" in lesion and "--epochs 30" in lesion
+    for command in commands:  # every method named in the grid is one the benchmark knows
+        methods = command.split("--methods ")[1].split(" --out")[0].split()
+        assert all(bench.parse_method(m) is not None for m in methods)
