@@ -145,6 +145,11 @@ def _evaluate(model: Path, raw: Path, out: Path, device, seed: int, fold) -> dic
     return {"dice": ev["Dice"], "hd95": ev["HD95"], "nsd": ev["NSD"], "predict_seconds": round(seconds, 1)}
 
 
+def _read_results(path: Path) -> dict:
+    """The results file's contents; {} before its first run."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _commit() -> str | None:
     """The checkout's commit (provenance of each result; "-dirty": with uncommitted changes), None outside git."""
     try:
@@ -169,7 +174,7 @@ def run(datasets, fractions, methods, out_file: Path, work: Path, seed: int, epo
     from planning.pipeline import plan_and_preprocess
 
     device = torch.device(device)
-    results = json.loads(out_file.read_text()) if out_file.is_file() else {}
+    results = _read_results(out_file)
     overrides = {"seed": seed, "num_epochs": epochs, "num_iterations_per_epoch": iterations}
     for name in datasets:
         for fraction in fractions:
@@ -276,14 +281,13 @@ def main() -> None:
                         help="print the commands of issue 20's grid that --out does not hold yet, and stop")
     args = parser.parse_args()
     if args.remaining:
-        out = Path(args.out)
-        print("\n".join(remaining_commands(json.loads(out.read_text()) if out.is_file() else {})))
+        print("\n".join(remaining_commands(_read_results(Path(args.out)))))
         return
     if args.merge:
         from dnnunet_core.atomic import write_json
 
         out = Path(args.out)
-        results = json.loads(out.read_text()) if out.is_file() else {}
+        results = _read_results(out)
         for piece in args.merge:
             results = merge_results(results, json.loads(Path(piece).read_text()))
         write_json(results, out)
