@@ -82,14 +82,15 @@ def remaining_runs(results: dict, grid: dict, seeds, fraction: float, epochs: in
     Args:
         grid: slice name -> the methods it needs (issue 20's: `semi_supervised.ISSUE20_GRID`).
         seeds, fraction, epochs, iterations: the draws and the budget every piece must have; results
-            of another budget do not count.
+            of another budget, or run with extra ``--semi`` options, do not count.
 
     Returns:
         (slice, seed, [missing methods in grid order]) for every slice and draw with any missing.
     """
     done: dict = {}
     for res in results.values():
-        if (res["labelled_fraction"], res["epochs"], res["iterations"]) == (fraction, epochs, iterations):
+        same_budget = (res["labelled_fraction"], res["epochs"], res["iterations"]) == (fraction, epochs, iterations)
+        if same_budget and not res.get("semi_options"):
             done.setdefault((res["dataset"], res.get("seed", 0)), set()).update(res["methods"])
     left = []
     for seed in seeds:

@@ -123,7 +123,10 @@ def test_remaining_runs_lists_what_each_slice_and_draw_lacks():
     grid = {"s": ("baseline", "cps", "cps_cp"), "t": ("baseline",)}
     other_budget = _run("t", 0, {"baseline": 0.5})
     other_budget["epochs"] = 10  # a run of another budget does not count
+    other_options = _run("s", 0, {"cps_cp": 0.7})
+    other_options["semi_options"] = {"rec_start_step": 3}  # nor one with extra --semi options
     results = {_key("s", 0): _run("s", 0, {"cps": 0.6, "baseline": 0.5}), "t old": other_budget,
+               "s options": other_options,
                _key("s", 1): _run("s", 1, {"baseline": 0.5, "cps": 0.6, "cps_cp": 0.7})}
     left = report.remaining_runs(results, grid, seeds=(0, 1), fraction=0.1, epochs=30, iterations=50)
     assert left == [("s", 0, ["cps_cp"]), ("t", 0, ["baseline"]), ("t", 1, ["baseline"])]
