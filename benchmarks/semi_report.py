@@ -17,6 +17,36 @@ from statistics import fmean
 SLICES = 4  # the target's slices: two binary, two multi-class
 DRAWS = 3
 MARGIN = 0.01  # one Dice point over cps_cp
+# What draws of one slice must share to be merged, averaged or compared; "seed" tells the draws apart.
+SETTING_FIELDS = ("dataset", "labelled_fraction", "epochs", "iterations", "semi_options")
+RUN_FIELDS = SETTING_FIELDS + ("seed",)
+
+
+def _setting(res: dict) -> tuple:
+    """`res`'s SETTING_FIELDS as a hashable tuple (no ``--semi`` options and {} are the same)."""
+    return tuple(tuple(sorted((res.get(f) or {}).items())) if f == "semi_options" else res.get(f)
+                 for f in SETTING_FIELDS)
+
+
+def _draws_by_slice(results: dict) -> dict:
+    """{(dataset, fraction): {seed: result}}, in the order of `results`.
+
+    Raises:
+        ValueError: two draws of one slice differ in budget or ``--semi`` options (averaging them would
+            mix two experiments), or one draw appears twice.
+    """
+    slices: dict = {}
+    for key, res in results.items():
+        draws = slices.setdefault((res["dataset"], res["labelled_fraction"]), {})
+        seed = res.get("seed", 0)
+        first = next(iter(draws.values()), None)
+        if first is not None and _setting(first) != _setting(res):
+            raise ValueError(f"{key}: its budget or --semi options differ from another draw of {res['dataset']}; "
+                             "report each setting from its own file")
+        if seed in draws:
+            raise ValueError(f"{key}: draw {seed} of {res['dataset']} appears twice")
+        draws[seed] = res
+    return slices
 
 
 def merge_results(into: dict, other: dict) -> dict:
@@ -32,7 +62,7 @@ def merge_results(into: dict, other: dict) -> dict:
             merged[key] = copy.deepcopy(res)
             continue
         mine = merged[key]
-        for field in ("dataset", "labelled_fraction", "seed", "epochs", "iterations", "semi_options"):
+        for field in RUN_FIELDS:
             if mine.get(field) != res.get(field):
                 raise ValueError(f"{key}: {field} is {mine.get(field)!r} in one file and {res.get(field)!r} in the other")
         for method, entry in res["methods"].items():
@@ -49,12 +79,16 @@ def summarise_draws(results: dict) -> dict:
 
     Returns:
         {(dataset, fraction): {method: [Dice of each draw that ran it]}}, in the order of `results`.
+
+    Raises:
+        ValueError: draws of one slice that differ in budget or options, or a draw twice (`_draws_by_slice`).
     """
     summary: dict = {}
-    for res in results.values():
-        methods = summary.setdefault((res["dataset"], res["labelled_fraction"]), {})
-        for method, entry in res["methods"].items():
-            methods.setdefault(method, []).append(entry["test"]["dice"])
+    for slice_, draws in _draws_by_slice(results).items():
+        methods = summary.setdefault(slice_, {})
+        for res in draws.values():
+            for method, entry in res["methods"].items():
+                methods.setdefault(method, []).append(entry["test"]["dice"])
     return summary
 
 
@@ -89,8 +123,7 @@ def remaining_runs(results: dict, grid: dict, seeds, fraction: float, epochs: in
     """
     done: dict = {}
     for res in results.values():
-        same_budget = (res["labelled_fraction"], res["epochs"], res["iterations"]) == (fraction, epochs, iterations)
-        if same_budget and not res.get("semi_options"):
+        if _setting(res)[1:] == (fraction, epochs, iterations, ()):  # this budget, no extra --semi options
             done.setdefault((res["dataset"], res.get("seed", 0)), set()).update(res["methods"])
     left = []
     for seed in seeds:
@@ -108,11 +141,12 @@ def target_rows(results: dict) -> list[dict]:
         One row per (configuration, slice): "method", "slice", "vs_cps_cp" and "vs_cps" (mean Dice
         difference over the draws that ran the configuration and that reference; None when none
         did), "draws" (the smaller of those two counts), "wins" (vs_cps_cp >= MARGIN).
+
+    Raises:
+        ValueError: draws of one slice that differ in budget or options, or a draw twice (`_draws_by_slice`).
     """
-    by_draw: dict = {}  # (dataset, fraction) -> seed -> {method: Dice}
-    for res in results.values():
-        per_seed = by_draw.setdefault((res["dataset"], res["labelled_fraction"]), {})
-        per_seed[res.get("seed", 0)] = {m: e["test"]["dice"] for m, e in res["methods"].items()}
+    by_draw = {slice_: {seed: {m: e["test"]["dice"] for m, e in res["methods"].items()} for seed, res in draws.items()}
+               for slice_, draws in _draws_by_slice(results).items()}  # (dataset, fraction) -> seed -> {method: Dice}
     teachers = sorted({m for draws in by_draw.values() for d in draws.values() for m in d
                        if m.startswith("semi_") and "_no_" not in m})
     rows = []

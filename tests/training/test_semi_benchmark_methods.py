@@ -1,6 +1,7 @@
 """benchmarks/semi_supervised.py: the methods of the teacher-share benchmark mean what their names say."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -117,6 +118,21 @@ def test_target_met_missed_and_undecided():
     assert {r["method"] for r in report.target_rows(met)} == {"semi_authors_r3"}
     text = report.render_markdown(met)
     assert "| semi_authors_r3 | a, 10% | 3 | +0.0150 | +0.0350 |" in text and "semi_authors_r3: target met" in text
+
+
+def test_summaries_refuse_to_average_draws_of_two_settings():
+    results = {_key("s", 0): _run("s", 0, {"cps": 0.6}), _key("s", 1): _run("s", 1, {"cps": 0.8})}
+    assert report.summarise_draws(results) == {("s", 0.1): {"cps": [0.6, 0.8]}}
+    for field, value in (("epochs", 10), ("semi_options", {"rec_start_step": 3})):
+        mixed = copy.deepcopy(results)
+        mixed[_key("s", 1)][field] = value  # draw 1 ran another experiment: no mean of the two
+        with pytest.raises(ValueError, match="budget or --semi options differ"):
+            report.summarise_draws(mixed)
+        with pytest.raises(ValueError, match="budget or --semi options differ"):
+            report.target_rows(mixed)
+    twice = dict(results, **{"s again": _run("s", 1, {"cps": 0.7})})
+    with pytest.raises(ValueError, match="draw 1 of s appears twice"):
+        report.summarise_draws(twice)
 
 
 def test_remaining_runs_lists_what_each_slice_and_draw_lacks():
