@@ -22,10 +22,18 @@ SETTING_FIELDS = ("dataset", "labelled_fraction", "epochs", "iterations", "semi_
 RUN_FIELDS = SETTING_FIELDS + ("seed",)
 
 
+def _run_fields(res: dict) -> dict:
+    """`res`'s RUN_FIELDS, comparable: no ``--semi`` options and {} are the same, no seed is draw 0."""
+    fields = {f: res.get(f) for f in RUN_FIELDS}
+    fields["semi_options"] = tuple(sorted((fields["semi_options"] or {}).items()))
+    fields["seed"] = res.get("seed", 0)
+    return fields
+
+
 def _setting(res: dict) -> tuple:
-    """`res`'s SETTING_FIELDS as a hashable tuple (no ``--semi`` options and {} are the same)."""
-    return tuple(tuple(sorted((res.get(f) or {}).items())) if f == "semi_options" else res.get(f)
-                 for f in SETTING_FIELDS)
+    """`res`'s SETTING_FIELDS as a hashable tuple (see `_run_fields`)."""
+    fields = _run_fields(res)
+    return tuple(fields[f] for f in SETTING_FIELDS)
 
 
 def _draws_by_slice(results: dict) -> dict:
@@ -62,8 +70,8 @@ def merge_results(into: dict, other: dict) -> dict:
             merged[key] = copy.deepcopy(res)
             continue
         mine = merged[key]
-        for field in RUN_FIELDS:
-            if mine.get(field) != res.get(field):
+        for field, value in _run_fields(mine).items():
+            if _run_fields(res)[field] != value:
                 raise ValueError(f"{key}: {field} is {mine.get(field)!r} in one file and {res.get(field)!r} in the other")
         for method, entry in res["methods"].items():
             if method in mine["methods"] and mine["methods"][method] != entry:
@@ -121,10 +129,12 @@ def remaining_runs(results: dict, grid: dict, seeds, fraction: float, epochs: in
     Returns:
         (slice, seed, [missing methods in grid order]) for every slice and draw with any missing.
     """
+    wanted = {"labelled_fraction": fraction, "epochs": epochs, "iterations": iterations, "semi_options": ()}
     done: dict = {}
     for res in results.values():
-        if _setting(res)[1:] == (fraction, epochs, iterations, ()):  # this budget, no extra --semi options
-            done.setdefault((res["dataset"], res.get("seed", 0)), set()).update(res["methods"])
+        fields = _run_fields(res)
+        if all(fields[f] == v for f, v in wanted.items()):  # this budget, no extra --semi options
+            done.setdefault((fields["dataset"], fields["seed"]), set()).update(res["methods"])
     left = []
     for seed in seeds:
         for name, methods in grid.items():

@@ -93,6 +93,13 @@ def test_merge_joins_pieces_and_refuses_two_different_results():
     other_budget["epochs"] = 10
     with pytest.raises(ValueError, match="epochs"):
         report.merge_results(merged, {_key("s", 0): other_budget})
+    no_options = _run("s", 0, {"cps_cp": 0.7})
+    no_options["semi_options"] = None  # an older piece: no --semi options written as null, the same run
+    assert "cps_cp" in report.merge_results(merged, {_key("s", 0): no_options})[_key("s", 0)]["methods"]
+    other_options = _run("s", 0, {"cps_cp": 0.7})
+    other_options["semi_options"] = {"rec_start_step": 3}
+    with pytest.raises(ValueError, match="semi_options"):
+        report.merge_results(merged, {_key("s", 0): other_options})
 
 
 def _grid(teacher: dict, slices=("a", "b", "c", "d"), draws=(0, 1, 2)) -> dict:
