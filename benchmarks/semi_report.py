@@ -17,6 +17,11 @@ from statistics import fmean
 SLICES = 4  # the target's slices: two binary, two multi-class
 DRAWS = 3
 MARGIN = 0.01  # one Dice point over cps_cp
+# The ablation's criterion (written before its runs): switching one factor off alone moves Dice by
+# at least one point (mean of the draws, each against the full preset of the same draw and teacher)
+# or it is not said to matter; R = 3's own spread over draws on mni-tissue2d:wm is 1.6 points.
+ABLATION_MARGIN = 0.01
+ABLATED = "semi_authors_r3"  # the preset the ablation's methods (ABLATED + "_no_" + factor) start from
 # What draws of one slice must share to be merged, averaged or compared; "seed" tells the draws apart.
 SETTING_FIELDS = ("dataset", "labelled_fraction", "epochs", "iterations", "semi_options")
 RUN_FIELDS = SETTING_FIELDS + ("seed",)
@@ -203,6 +208,44 @@ def render_target(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ablation_rows(results: dict) -> list[dict]:
+    """The ablation: every ``semi_authors_r3_no_FACTOR`` (and other R) against the full preset, per slice.
+
+    Returns:
+        One row per (slice, variant) with "slice", "variant", "draws" (draws that ran it and the
+        preset), "dice" (the variant's mean over those draws), "delta" (mean of its Dice minus the
+        preset's, draw by draw; None without shared draws) and "effect": "carries" (switched off,
+        Dice falls by ABLATION_MARGIN or more), "costs" (it rises as much) or "within 1 point".
+
+    Raises:
+        ValueError: draws of one slice that differ in budget or options, or a draw twice (`_draws_by_slice`).
+    """
+    rows = []
+    for (dataset, fraction), draws in _draws_by_slice(results).items():
+        dice = [{m: e["test"]["dice"] for m, e in res["methods"].items()} for res in draws.values()]
+        variants = dict.fromkeys(m for d in dice for m in d if m.startswith("semi_authors_r") and m != ABLATED)
+        for variant in variants:
+            shared = [d for d in dice if variant in d and ABLATED in d]
+            delta = fmean(d[variant] - d[ABLATED] for d in shared) if shared else None
+            effect = ("-" if delta is None else "carries" if delta <= -ABLATION_MARGIN
+                      else "costs" if delta >= ABLATION_MARGIN else "within 1 point")
+            rows.append({"slice": f"{dataset}, {fraction:.0%}", "variant": variant, "draws": len(shared),
+                         "dice": fmean(d[variant] for d in shared) if shared else None, "delta": delta,
+                         "effect": effect})
+    return rows
+
+
+def render_ablation(rows: list[dict]) -> str:
+    """Markdown: the `ablation_rows`, with the preset's Dice difference and what it says of the factor."""
+    lines = [f"| slice | variant | draws | Dice | - {ABLATED} | factor |", "|:---|:---|---:|---:|---:|:---|"]
+    for r in rows:
+        dice = "-" if r["dice"] is None else f"{r['dice']:.4f}"
+        delta = "-" if r["delta"] is None else f"{r['delta']:+.4f}"
+        factor = r["effect"] if "_no_" in r["variant"] else "(another R)"
+        lines.append(f"| {r['slice']} | {r['variant']} | {r['draws']} | {dice} | {delta} | {factor} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(results: dict) -> str:
     """The JSON results as one Markdown table per dataset, labelled fraction and draw, then the summaries."""
     lines = []
@@ -233,4 +276,8 @@ def render_markdown(results: dict) -> str:
     if rows:
         lines += ["### Issue 20's target: teacher configurations against cps_cp and cps (mean differences over draws)",
                   "", render_target(rows)]
+    ablation = ablation_rows(results)
+    if ablation:
+        lines += ["### Ablation: each factor of the authors' preset switched off alone (Dice minus the full preset's, "
+                  "draw by draw)", "", render_ablation(ablation)]
     return "\n".join(lines)

@@ -167,3 +167,23 @@ def test_remaining_commands_cover_issue_20s_grid():
     for command in commands:  # every method named in the grid is one the benchmark knows
         methods = command.split("--methods ")[1].split(" --out")[0].split()
         assert all(bench.parse_method(m) is not None for m in methods)
+
+
+def test_ablation_says_which_factor_moves_dice_against_the_full_preset():
+    results = {_key("w", d): _run("w", d, {"semi_authors_r3": 0.60 + d / 100, "semi_authors_r3_no_warmup": 0.58 + d / 100,
+                                           "semi_authors_r3_no_detach": 0.605 + d / 100, "cps": 0.5})
+               for d in (0, 1)}
+    results[_key("w", 1)]["methods"]["semi_authors_r5"] = results[_key("w", 1)]["methods"]["cps"]
+    results[_key("v", 0)] = _run("v", 0, {"semi_authors_r3": 0.7, "semi_authors_r3_no_diceonly": 0.72})
+    rows = {(r["slice"], r["variant"]): r for r in report.ablation_rows(results)}
+    warmup = rows[("w, 10%", "semi_authors_r3_no_warmup")]
+    assert warmup["draws"] == 2 and warmup["delta"] == pytest.approx(-0.02) and warmup["effect"] == "carries"
+    assert warmup["dice"] == pytest.approx(0.585)
+    assert rows[("w, 10%", "semi_authors_r3_no_detach")]["effect"] == "within 1 point"
+    assert rows[("v, 10%", "semi_authors_r3_no_diceonly")]["effect"] == "costs"  # switched off, Dice rises
+    r5 = rows[("w, 10%", "semi_authors_r5")]
+    assert r5["draws"] == 1 and r5["delta"] == pytest.approx(0.5 - 0.61)
+    assert "cps" not in {variant for _, variant in rows}
+    text = report.render_markdown(results)
+    assert "| w, 10% | semi_authors_r3_no_warmup | 2 | 0.5850 | -0.0200 | carries |" in text
+    assert "| w, 10% | semi_authors_r5 | 1 | 0.5000 | -0.1100 | (another R) |" in text
