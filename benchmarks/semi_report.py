@@ -106,9 +106,12 @@ def summarise_draws(results: dict) -> dict:
 
 
 def render_summary(results: dict) -> str:
-    """One Markdown table: mean test Dice over draws (and the draws' count) per slice and method."""
+    """One Markdown table: mean test Dice over draws (and the draws' count) per slice and method.
+
+    The ablation's variants (``_no_`` in the name) are left to `render_ablation`'s table.
+    """
     summary = summarise_draws(results)
-    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method))
+    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method if "_no_" not in m))
     lines = ["| slice | " + " | ".join(methods) + " |", "|:---|" + "---:|" * len(methods)]
     for (dataset, fraction), per_method in summary.items():
         cells = []

@@ -187,3 +187,5 @@ def test_ablation_says_which_factor_moves_dice_against_the_full_preset():
     text = report.render_markdown(results)
     assert "| w, 10% | semi_authors_r3_no_warmup | 2 | 0.5850 | -0.0200 | carries |" in text
     assert "| w, 10% | semi_authors_r5 | 1 | 0.5000 | -0.1100 | (another R) |" in text
+    summary = text.split("Mean test Dice over draws")[1].split("###")[0]
+    assert "semi_authors_r5" in summary and "_no_" not in summary  # the variants have their own table
