@@ -8,6 +8,7 @@ teacher beats ``cps_cp`` by at least 1 Dice point (mean of 3 draws) on at least 
 slices, and beats plain ``cps`` on all 4. `render_target` checks it for every teacher
 configuration of the grid (``semi_*`` methods, ablations left out: picking the best of nine
 one-factor variants would be a search, not a test) and says when slices or draws are missing.
+`ablation_rows` compares each of those variants with the full preset, draw by draw.
 """
 from __future__ import annotations
 
