@@ -42,6 +42,11 @@ def _setting(res: dict) -> tuple:
     return tuple(fields[f] for f in SETTING_FIELDS)
 
 
+def _is_ablation(method: str) -> bool:
+    """Whether `method` is one of the ablation's one-factor variants (``..._no_FACTOR``)."""
+    return "_no_" in method
+
+
 def _draws_by_slice(results: dict) -> dict:
     """{(dataset, fraction): {seed: result}}, in the order of `results`.
 
@@ -76,8 +81,9 @@ def merge_results(into: dict, other: dict) -> dict:
             merged[key] = copy.deepcopy(res)
             continue
         mine = merged[key]
+        theirs = _run_fields(res)
         for field, value in _run_fields(mine).items():
-            if _run_fields(res)[field] != value:
+            if theirs[field] != value:
                 raise ValueError(f"{key}: {field} is {mine.get(field)!r} in one file and {res.get(field)!r} in the other")
         for method, entry in res["methods"].items():
             if method in mine["methods"] and mine["methods"][method] != entry:
@@ -86,6 +92,12 @@ def merge_results(into: dict, other: dict) -> dict:
         if "teacher_train_seconds" in res:
             mine.setdefault("teacher_train_seconds", res["teacher_train_seconds"])
     return merged
+
+
+def _dice_by_draw(results: dict) -> dict:
+    """{(dataset, fraction): {seed: {method: test Dice}}} (`_draws_by_slice`, its Raises too)."""
+    return {slice_: {seed: {m: e["test"]["dice"] for m, e in res["methods"].items()} for seed, res in draws.items()}
+            for slice_, draws in _draws_by_slice(results).items()}
 
 
 def summarise_draws(results: dict) -> dict:
@@ -112,7 +124,7 @@ def render_summary(results: dict) -> str:
     The ablation's variants (``_no_`` in the name) are left to `render_ablation`'s table.
     """
     summary = summarise_draws(results)
-    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method if "_no_" not in m))
+    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method if not _is_ablation(m)))
     lines = ["| slice | " + " | ".join(methods) + " |", "|:---|" + "---:|" * len(methods)]
     for (dataset, fraction), per_method in summary.items():
         cells = []
@@ -164,10 +176,9 @@ def target_rows(results: dict) -> list[dict]:
     Raises:
         ValueError: draws of one slice that differ in budget or options, or a draw twice (`_draws_by_slice`).
     """
-    by_draw = {slice_: {seed: {m: e["test"]["dice"] for m, e in res["methods"].items()} for seed, res in draws.items()}
-               for slice_, draws in _draws_by_slice(results).items()}  # (dataset, fraction) -> seed -> {method: Dice}
+    by_draw = _dice_by_draw(results)
     teachers = sorted({m for draws in by_draw.values() for d in draws.values() for m in d
-                       if m.startswith("semi_") and "_no_" not in m})
+                       if m.startswith("semi_") and not _is_ablation(m)})
     rows = []
     for method in teachers:
         for (dataset, fraction), draws in by_draw.items():
@@ -225,8 +236,8 @@ def ablation_rows(results: dict) -> list[dict]:
         ValueError: draws of one slice that differ in budget or options, or a draw twice (`_draws_by_slice`).
     """
     rows = []
-    for (dataset, fraction), draws in _draws_by_slice(results).items():
-        dice = [{m: e["test"]["dice"] for m, e in res["methods"].items()} for res in draws.values()]
+    for (dataset, fraction), per_draw in _dice_by_draw(results).items():
+        dice = list(per_draw.values())
         variants = dict.fromkeys(m for d in dice for m in d if m.startswith("semi_authors_r") and m != ABLATED)
         for variant in variants:
             shared = [d for d in dice if variant in d and ABLATED in d]
@@ -245,7 +256,7 @@ def render_ablation(rows: list[dict]) -> str:
     for r in rows:
         dice = "-" if r["dice"] is None else f"{r['dice']:.4f}"
         delta = "-" if r["delta"] is None else f"{r['delta']:+.4f}"
-        factor = r["effect"] if "_no_" in r["variant"] else "(another R)"
+        factor = r["effect"] if _is_ablation(r["variant"]) else "(another R)"
         lines.append(f"| {r['slice']} | {r['variant']} | {r['draws']} | {dice} | {delta} | {factor} |")
     return "\n".join(lines) + "\n"
 
