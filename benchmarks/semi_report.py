@@ -13,7 +13,7 @@ one-factor variants would be a search, not a test) and says when slices or draws
 from __future__ import annotations
 
 import copy
-from statistics import fmean
+from statistics import fmean, median
 
 SLICES = 4  # the target's slices: two binary, two multi-class
 DRAWS = 3
@@ -23,6 +23,15 @@ MARGIN = 0.01  # one Dice point over cps_cp
 # or it is not said to matter; R = 3's own spread over draws on mni-tissue2d:wm is 1.6 points.
 ABLATION_MARGIN = 0.01
 ABLATED = "semi_authors_r3"  # the preset the ablation's methods (ABLATED + "_no_" + factor) start from
+# Which configuration wins at its cost (issue 20's default; written before synthetic-us2d draws 1-2
+# ran). On a slice, a method is "near" the best when its mean Dice is within COST_MARGIN of the
+# slice's best; the slice's pick is the cheapest near method (median over draws of its seconds
+# per iteration against the same run's baseline). The default is the method near the best on
+# the most slices, the cheaper (median over those slices) on a tie: one configuration that a
+# user can start from on any of the four kinds of task.
+COST_MARGIN = 0.01
+# the methods every slice and draw of issue 20's grid runs (benchmarks/semi_supervised.py ISSUE20_CORE)
+CORE_METHODS = ("baseline", "cps", "cps_cp", "semi_authors_r3", "semi_r1_cp", "cps_authors")
 # What draws of one slice must share to be merged, averaged or compared; "seed" tells the draws apart.
 SETTING_FIELDS = ("dataset", "labelled_fraction", "epochs", "iterations", "semi_options")
 RUN_FIELDS = SETTING_FIELDS + ("seed",)
@@ -261,6 +270,71 @@ def render_ablation(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_rows(results: dict) -> list[dict]:
+    """Per slice, the best method, the methods near it and the cheapest of them (see COST_MARGIN).
+
+    The CORE_METHODS that ran on every draw of the slice compete (R = 5 and the ablation's variants
+    do not); a slice's row is "final" once all of them ran on DRAWS draws.
+
+    Returns:
+        One row per slice: "slice", "draws", "best" and "pick" (each (method, mean Dice, median
+        x baseline)), "near" ({method: median x baseline}), "competing" (how many compete), "final".
+
+    Raises:
+        ValueError: draws of one slice that differ in budget or options, or a draw twice (`_draws_by_slice`).
+    """
+    rows = []
+    for (dataset, fraction), draws in _draws_by_slice(results).items():
+        dice: dict = {}
+        cost: dict = {}
+        for res in draws.values():
+            base = res["methods"].get("baseline", {}).get("median_seconds_per_iteration")
+            for method, e in res["methods"].items():
+                if method in CORE_METHODS and base:
+                    dice.setdefault(method, []).append(e["test"]["dice"])
+                    cost.setdefault(method, []).append(e["median_seconds_per_iteration"] / base)
+        every = {m: (m, fmean(d), median(cost[m])) for m, d in dice.items() if len(d) == len(draws)}
+        if not every:
+            continue
+        best = max(every.values(), key=lambda c: c[1])
+        near = {m: c[2] for m, c in every.items() if c[1] >= best[1] - COST_MARGIN}
+        pick = every[min(near, key=near.get)]
+        rows.append({"slice": f"{dataset}, {fraction:.0%}", "draws": len(draws), "best": best, "pick": pick,
+                     "near": near, "competing": len(every),
+                     "final": len(draws) >= DRAWS and len(every) == len(CORE_METHODS)})
+    return rows
+
+
+def cost_default(rows: list[dict]) -> tuple[str, int] | None:
+    """(method near the best on the most slices, on how many), or None until SLICES slices are final."""
+    final = [r for r in rows if r["final"]]
+    if len(final) < SLICES:
+        return None
+    counts: dict = {}
+    for r in final:
+        for method, ratio in r["near"].items():
+            counts.setdefault(method, []).append(ratio)
+    method = min(counts, key=lambda m: (-len(counts[m]), median(counts[m])))
+    return method, len(counts[method])
+
+
+def render_cost(rows: list[dict]) -> str:
+    """Markdown: `cost_rows` and the `cost_default`."""
+    lines = ["| slice | draws | best: Dice, x baseline | within 1 point (x baseline) | cheapest of those |",
+             "|:---|---:|:---|:---|:---|"]
+    cell = lambda c: f"{c[0]}: {c[1]:.4f}, {c[2]:.1f}x"
+    for r in rows:
+        near = ", ".join(f"{m} ({x:.1f}x)" for m, x in sorted(r["near"].items(), key=lambda i: i[1]))
+        final = "" if r["final"] else (f" (provisional: {r['draws']} of {DRAWS} draws, {r['competing']} of "
+                                        f"{len(CORE_METHODS)} methods on all)")
+        lines.append(f"| {r['slice']} | {r['draws']} | {cell(r['best'])} | {near} | {cell(r['pick'])}{final} |")
+    default = cost_default(rows)
+    lines += ["", f"- default (within 1 point of the best on most slices): {default[0]}, on {default[1]} of "
+              f"{SLICES}" if default else
+              f"- default: undecided ({sum(r['final'] for r in rows)} of {SLICES} slices with {DRAWS} draws)"]
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(results: dict) -> str:
     """The JSON results as one Markdown table per dataset, labelled fraction and draw, then the summaries."""
     lines = []
@@ -291,6 +365,11 @@ def render_markdown(results: dict) -> str:
     if rows:
         lines += ["### Issue 20's target: teacher configurations against cps_cp and cps (mean differences over draws)",
                   "", render_target(rows)]
+    cost = cost_rows(results)
+    if cost:
+        lines += [f"### Which configuration wins at its cost: within {COST_MARGIN * 100:.0f} Dice point of the slice's best "
+                  "(mean of draws), the cheapest per slice; the default: near the best on most slices", "",
+                  render_cost(cost)]
     ablation = ablation_rows(results)
     if ablation:
         lines += ["### Ablation: each factor of the authors' preset switched off alone (Dice minus the full preset's, "

@@ -54,7 +54,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from semi_report import merge_results, remaining_runs, render_markdown  # benchmarks/, beside this script
+from semi_report import CORE_METHODS, merge_results, remaining_runs, render_markdown  # benchmarks/, beside this script
 
 logger = logging.getLogger("benchmark")
 
@@ -72,7 +72,7 @@ ABLATIONS = {"detach": ("rec_into_seg",), "unchained": ("chain_rounds",), "onest
 # slices; R = 5 and the ablation on one binary slice, white matter: its iterations cost a third of
 # the lesion slice's (batches of 2 patches of 80x80 against 3 of 128x128), so all 3 draws fit
 # (about 10 CPU-hours against 28); 3 draws of 10 % labels, 30 x 50 iterations
-ISSUE20_CORE = ("baseline", "cps", "cps_cp", "semi_authors_r3", "semi_r1_cp", "cps_authors")
+ISSUE20_CORE = CORE_METHODS  # the six the report's cost comparison needs on every slice and draw
 ISSUE20_GRID = {"synthetic-us2d:lesion": ISSUE20_CORE,
                 "mni-tissue2d:wm": ISSUE20_CORE + ("semi_authors_r5",)
                 + tuple(f"semi_authors_r3_no_{factor}" for factor in ABLATIONS),

@@ -189,3 +189,37 @@ def test_ablation_says_which_factor_moves_dice_against_the_full_preset():
     assert "| w, 10% | semi_authors_r5 | 1 | 0.5000 | -0.1100 | (another R) |" in text
     summary = text.split("Mean test Dice over draws")[1].split("###")[0]
     assert "semi_authors_r5" in summary and "_no_" not in summary  # the variants have their own table
+
+
+_COST = {"baseline": 0.1, "cps": 0.3, "cps_cp": 0.6, "cps_authors": 0.3, "semi_r1_cp": 1.2, "semi_authors_r3": 1.5}
+
+
+def _costed(dataset: str, seed: int, dice: dict) -> dict:
+    run = _run(dataset, seed, dice)
+    for method, entry in run["methods"].items():
+        entry["median_seconds_per_iteration"] = _COST.get(method, 2.0)
+    return run
+
+
+def test_cost_comparison_picks_the_cheapest_near_the_best_and_a_default_for_all_slices():
+    core = {"baseline": 0.60, "cps": 0.62, "cps_cp": 0.645, "cps_authors": 0.61, "semi_r1_cp": 0.65,
+            "semi_authors_r3": 0.60}
+    lesion = {**core, "cps_cp": 0.55, "semi_r1_cp": 0.56, "semi_authors_r3": 0.66}  # only R = 3 near its best
+    results = {_key(s, d): _costed(s, d, lesion if s == "a" else {**core, "semi_authors_r3_no_warmup": 0.9, "semi_authors_r5": 0.9})
+               for s in "abcd" for d in (0, 1, 2)}
+    rows = {r["slice"]: r for r in report.cost_rows(results)}
+    assert rows["a, 10%"]["pick"][0] == "semi_authors_r3" and set(rows["a, 10%"]["near"]) == {"semi_authors_r3"}
+    b = rows["b, 10%"]  # cps_cp 0.5 points below R = 1 at half its cost; the variant and R = 5 (not core) do not compete
+    assert b["best"][0] == "semi_r1_cp" and b["pick"] == ("cps_cp", pytest.approx(0.645), pytest.approx(6.0))
+    assert set(b["near"]) == {"cps_cp", "semi_r1_cp"} and b["final"]
+    # cps_cp and R = 1 are near the best on 3 slices each: the cheaper is the default
+    assert report.cost_default(list(rows.values())) == ("cps_cp", 3)
+    results[_key("d", 2)]["methods"]["cps_cp"]["test"]["dice"] = 0.62  # mean 0.637 on d: 1.3 below R = 1
+    assert report.cost_default(report.cost_rows(results)) == ("semi_r1_cp", 3)
+    del results[_key("d", 2)]["methods"]["cps_authors"]  # a method missing on one draw: d is not final
+    rows = {r["slice"]: r for r in report.cost_rows(results)}
+    assert not rows["d, 10%"]["final"] and rows["d, 10%"]["competing"] == 5
+    assert report.cost_default(list(rows.values())) is None
+    text = report.render_markdown(results)
+    assert "| b, 10% | 3 | semi_r1_cp: 0.6500, 12.0x | cps_cp (6.0x), semi_r1_cp (12.0x) | cps_cp: 0.6450, 6.0x |" in text
+    assert "(provisional: 3 of 3 draws, 5 of 6 methods on all)" in text and "default: undecided (3 of 4" in text
