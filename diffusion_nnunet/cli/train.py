@@ -5,6 +5,7 @@ import sys
 
 from diffusion_nnunet.cli.common import add_device_argument, add_model_arguments
 from diffusion_nnunet.diffusion.sampling import SAMPLERS
+from diffusion_nnunet.training.semi_presets import PRESETS
 from planning.plan_sections import DEFAULT_TIMESTEPS
 
 
@@ -48,7 +49,7 @@ def add_arguments(p):
     g.add_argument("--semi-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other semi-supervised setting (a SemiSupervisedConfig field, docs/semi_supervised.md), "
                         "e.g. copy_paste=0 or pseudo_threshold=0.9; the value is read as JSON; repeatable")
-    g.add_argument("--semi-preset", default=None, choices=["authors"],
+    g.add_argument("--semi-preset", default=None, choices=sorted(PRESETS),
                    help="a named set of SemiSupervisedConfig values (docs/semi_supervised.md), under --rounds and "
                         "--semi-option: 'authors' = the method's authors' own configuration")
     add_device_argument(p)
