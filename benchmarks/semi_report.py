@@ -320,7 +320,8 @@ def cost_default(rows: list[dict]) -> tuple[str, int] | None:
 
 def render_cost(rows: list[dict]) -> str:
     """Markdown: `cost_rows` and the `cost_default`."""
-    lines = ["| slice | draws | best: Dice, x baseline | within 1 point (x baseline) | cheapest of those |",
+    points = f"{COST_MARGIN * 100:.0f} point"
+    lines = [f"| slice | draws | best: Dice, x baseline | within {points} (x baseline) | cheapest of those |",
              "|:---|---:|:---|:---|:---|"]
     cell = lambda c: f"{c[0]}: {c[1]:.4f}, {c[2]:.1f}x"
     for r in rows:
@@ -329,7 +330,7 @@ def render_cost(rows: list[dict]) -> str:
                                         f"{len(CORE_METHODS)} methods on all)")
         lines.append(f"| {r['slice']} | {r['draws']} | {cell(r['best'])} | {near} | {cell(r['pick'])}{final} |")
     default = cost_default(rows)
-    lines += ["", f"- default (within 1 point of the best on most slices): {default[0]}, on {default[1]} of "
+    lines += ["", f"- default (within {points} of the best on most slices): {default[0]}, on {default[1]} of "
               f"{SLICES}" if default else
               f"- default: undecided ({sum(r['final'] for r in rows)} of {SLICES} slices with {DRAWS} draws)"]
     return "\n".join(lines) + "\n"
