@@ -7,6 +7,7 @@
   the better pseudo-validation Dice predicts.
 - `cps` (`SemiCoTrainer` with no teacher pre-training and R = 0): cross pseudo-supervision without
   the diffusion teacher (with copy-paste by default, like `semi_cotrain`; ``copy_paste = 0``: plain CPS).
+  The semi-supervised default since issue 20's benchmark (docs/semi_supervised.md, "Quick start").
 
 "Seg(I)" is one denoiser pass at the noisiest step T-1 from a noised constant (zero) mask: that
 is exactly one-step sampling from noise, so the checkpoints are ordinary diffusion models for
@@ -351,8 +352,8 @@ def _register():
                                            "(--teacher, --rounds)",
                                diffusion=diffusion, deep_supervision=False)
     cps = register_variant(SemiCoTrainer, "cps", "DnnSemiCPSTrainer",
-                           description="semi-supervised: cross pseudo-supervision without the diffusion teacher "
-                                       "(no pre-training, no rounds)",
+                           description="semi-supervised, the recommended default: cross pseudo-supervision with "
+                                       "copy-paste, without the diffusion teacher (no pre-training, no rounds)",
                            diffusion=diffusion, deep_supervision=False,
                            semi={"rounds": 0, "require_teacher": False})
     return teacher, cotrain, cps
